@@ -1,0 +1,58 @@
+"""User-facing errors.
+
+Every error a user can cause (a typo in a config key, an unknown model, a kernel larger than its
+input, missing data, a corrupt checkpoint, a diverging loss) is raised as a `CnnjaxError`. The
+command-line entry point prints such errors as a single line and exits with a non-zero status, so
+nothing deep inside jax reaches the user as a bare traceback.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+from collections.abc import Iterable
+
+
+class CnnjaxError(Exception):
+    """Base class of errors caused by user input; the message alone explains the problem."""
+
+
+class ConfigError(CnnjaxError, ValueError):
+    """An unknown or invalid configuration value."""
+
+
+class ShapeError(CnnjaxError, ValueError):
+    """An input whose shape cannot go through a layer (e.g. kernel larger than padded input)."""
+
+
+class DataError(CnnjaxError):
+    """Missing or unusable data."""
+
+
+class CheckpointError(CnnjaxError):
+    """A checkpoint that cannot be restored: corrupt, or written by an incompatible config."""
+
+
+class NonFiniteLossError(CnnjaxError):
+    """Training produced a NaN or infinite loss and was stopped."""
+
+
+def unknown_choice(what: str, value: object, choices: Iterable[str]) -> str:
+    """Formats "unknown <what> 'x'; did you mean 'y'? valid choices: a, b, c".
+
+    Args:
+      what: what kind of value was looked up ("model", "optimizer", ...).
+      value: the value the user gave.
+      choices: the accepted values.
+
+    Returns:
+      A one-line message naming the bad value, the closest match and all valid choices.
+    """
+    choices = sorted(choices)
+    message = f"unknown {what} {value!r}"
+    close = difflib.get_close_matches(str(value), choices, n=3)
+    if close:
+        # Among similar names prefer the longest shared prefix: 'resnet21' -> 'resnet20'.
+        best = max(close, key=lambda c: len(os.path.commonprefix([c, str(value)])))
+        message += f"; did you mean {best!r}?"
+    return f"{message} (valid choices: {', '.join(choices)})"
