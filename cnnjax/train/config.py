@@ -1,0 +1,108 @@
+"""The config schema: every experiment config starts from `base_config()` and overrides fields.
+
+Validation happens before anything heavy runs, so a typo costs a second, not a compile: unknown
+keys, unknown names (model, dataset, optimizer, schedule, padding mode) and impossible values each
+raise a `ConfigError` naming the key, the value and the valid choices.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+from cnnjax import models
+from cnnjax.data.augment import PAD_MODES
+from cnnjax.data.pipeline import FIT_METHODS
+from cnnjax.data.sources import dataset_spec
+from cnnjax.errors import ConfigError, unknown_choice
+from cnnjax.train.checkpoint import flatten
+from cnnjax.train.optim import DECAY_MASKS, OPTIMIZERS, SCHEDULES
+
+
+def base_config() -> ml_collections.ConfigDict:
+    """All fields a training config has, with defaults (LeNet-5 on scikit-learn digits)."""
+    c = ml_collections.ConfigDict()
+    c.model = "lenet5"
+    c.model_kwargs = ml_collections.ConfigDict()  # overrides of the model's module fields
+    c.dataset = "digits"
+    c.data_dir = ""  # TFDS folder; "" = $TFDS_DATA_DIR, then ~/tensorflow_datasets
+    c.data = ml_collections.ConfigDict(
+        dict(
+            train_split="train",
+            eval_split="test",
+            fit="",  # "pad" | "resize" to the model input; "" = the dataset's default
+            cache=True,  # decode the splits into memory once
+            num_workers=0,  # grain worker processes (used when cache is False)
+            prefetch=2,
+        )
+    )
+    c.augment = ml_collections.ConfigDict(dict(crop_padding=0, pad_mode="zeros", flip=False))
+    c.batch_size = 128
+    c.eval_batch_size = 500
+    c.num_steps = 0  # > 0 wins over num_epochs
+    c.num_epochs = 10.0
+    c.optimizer = ml_collections.ConfigDict(
+        dict(
+            name="adam",
+            lr=1e-3,
+            momentum=0.9,
+            nesterov=False,
+            b1=0.9,
+            b2=0.999,
+            weight_decay=0.0,
+            decay_mask="all",  # "all" parameters or only conv/dense "kernels"
+            grad_clip_norm=0.0,
+        )
+    )
+    c.schedule = ml_collections.ConfigDict(
+        dict(
+            name="constant", boundaries=(), decay_factor=0.1, warmup_steps=0, final_lr_fraction=0.0
+        )
+    )
+    c.label_smoothing = 0.0
+    c.seed = 0
+    c.log_every = 50
+    c.eval_every = 0  # steps between evaluations; 0 = only at the end
+    c.checkpoint_every = 500
+    c.keep_checkpoints = 3
+    c.progress = True
+    return c
+
+
+def validate_config(config: ml_collections.ConfigDict) -> None:
+    """Raises `ConfigError` for unknown keys or invalid values (see module docstring)."""
+    known = set(flatten(base_config().to_dict()))
+    for key in flatten(config.to_dict()):
+        if key not in known and not key.startswith("model_kwargs."):
+            raise ConfigError(unknown_choice("config key", key, known))
+    models.create_model(config.model, **config.model_kwargs.to_dict())
+    spec = dataset_spec(config.dataset)
+    checks = [
+        (config.optimizer.name in OPTIMIZERS, "optimizer.name", config.optimizer.name, OPTIMIZERS),
+        (config.schedule.name in SCHEDULES, "schedule.name", config.schedule.name, SCHEDULES),
+        (config.optimizer.decay_mask in DECAY_MASKS, "optimizer.decay_mask",
+         config.optimizer.decay_mask, DECAY_MASKS),
+        (config.augment.pad_mode in PAD_MODES, "augment.pad_mode", config.augment.pad_mode,
+         PAD_MODES),
+        (config.data.fit in ("", *FIT_METHODS), "data.fit", config.data.fit, FIT_METHODS),
+    ]  # fmt: skip
+    for ok, key, value, choices in checks:
+        if not ok:
+            raise ConfigError(unknown_choice(key, value, choices))
+    for split_key in ("train_split", "eval_split"):
+        split = config.data[split_key]
+        if split.split("[")[0] not in spec.splits:
+            raise ConfigError(
+                unknown_choice(f"data.{split_key} of dataset {spec.name!r}", split, spec.splits)
+            )
+    positive = {"batch_size": config.batch_size, "eval_batch_size": config.eval_batch_size,
+                "keep_checkpoints": config.keep_checkpoints}  # fmt: skip
+    for key, value in positive.items():
+        if value < 1:
+            raise ConfigError(f"{key} must be >= 1, got {value}")
+    if config.num_steps <= 0 and not config.num_epochs > 0:
+        raise ConfigError("set num_steps > 0 or num_epochs > 0 (both are <= 0)")
+    if config.augment.crop_padding < 0:
+        raise ConfigError(f"augment.crop_padding must be >= 0, got {config.augment.crop_padding}")
+    for key in ("log_every", "eval_every", "checkpoint_every"):
+        if config[key] < 0:
+            raise ConfigError(f"{key} must be >= 0 (0 = only at the end), got {config[key]}")

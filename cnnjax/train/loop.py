@@ -1,0 +1,204 @@
+"""The training loop: data, state, checkpoints, evaluation and metrics around pure steps."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from collections.abc import Callable, Sequence
+
+import jax
+import ml_collections
+import numpy as np
+from tqdm.auto import tqdm
+
+from cnnjax import models
+from cnnjax.data import dataset_spec, eval_batches, fit_source, load_source, read_all, train_batches
+from cnnjax.errors import ConfigError, NonFiniteLossError
+from cnnjax.train.checkpoint import Checkpoints
+from cnnjax.train.config import validate_config
+from cnnjax.train.metrics import MetricWriter
+from cnnjax.train.optim import make_optimizer
+from cnnjax.train.state import create_train_state
+from cnnjax.train.steps import Preprocess, jit_steps
+
+Hook = Callable[[int, object], None]
+
+
+def _prepare_source(config, split: str, input_shape, fit: str):
+    source = load_source(config.dataset, split, config.data_dir or None, seed=config.seed)
+    if config.data.cache:
+        source = read_all(source, desc=f"reading {config.dataset} {split}")
+    return fit_source(source, input_shape, fit)
+
+
+def num_train_steps(config, train_size: int) -> int:
+    """`config.num_steps`, or `ceil(num_epochs * train_size / batch_size)`."""
+    if config.num_steps > 0:
+        return int(config.num_steps)
+    return math.ceil(config.num_epochs * train_size / config.batch_size)
+
+
+def evaluate(eval_step, state, source, batch_size: int) -> dict[str, float]:
+    """Loss and accuracy over every example of `source`."""
+    totals = {"loss_sum": 0.0, "correct": 0.0, "count": 0.0}
+    for batch in eval_batches(source, batch_size):
+        sums = jax.device_get(eval_step(state, batch))
+        totals = {k: totals[k] + float(sums[k]) for k in totals}
+    return {
+        "loss": totals["loss_sum"] / totals["count"],
+        "accuracy": totals["correct"] / totals["count"],
+        "correct": int(totals["correct"]),
+        "count": int(totals["count"]),
+    }
+
+
+class _Interval:
+    """Buffers per-step device metrics; `flush` averages them and rejects non-finite losses."""
+
+    def __init__(self, batch_size: int):
+        self.batch_size = batch_size
+        self.pending: list[tuple[int, dict]] = []
+        self.start = time.perf_counter()
+
+    def add(self, step: int, metrics) -> None:
+        self.pending.append((step, metrics))
+
+    def flush(self, last_good_step: int | None, checkpoint_dir: str) -> dict[str, float] | None:
+        if not self.pending:
+            return None
+        values = jax.device_get([m for _, m in self.pending])
+        for (step, _), value in zip(self.pending, values):
+            if not np.isfinite(value["loss"]):
+                kept = (
+                    f"the last good checkpoint (step {last_good_step}) in {checkpoint_dir} is kept"
+                    if last_good_step is not None
+                    else "no checkpoint had been written yet"
+                )
+                raise NonFiniteLossError(
+                    f"non-finite loss ({float(value['loss'])}) at step {step}; training stopped "
+                    f"and {kept}. Try a lower optimizer.lr or schedule.warmup_steps > 0"
+                )
+        elapsed = time.perf_counter() - self.start
+        summary = {k: float(np.mean([v[k] for v in values])) for k in values[0]}
+        summary["images_per_sec"] = len(values) * self.batch_size / max(elapsed, 1e-9)
+        self.pending, self.start = [], time.perf_counter()
+        return summary
+
+
+def _is_due(step: int, every: int, last: int) -> bool:
+    return step == last or (every > 0 and step % every == 0)
+
+
+def train_and_evaluate(
+    config: ml_collections.ConfigDict, workdir: str, hooks: Sequence[Hook] = ()
+) -> dict[str, float]:
+    """Trains `config.model` on `config.dataset`, resuming from `workdir` if it holds a checkpoint.
+
+    Args:
+      config: experiment config (see `configs/default.py` for the fields).
+      workdir: run folder for `config.json`, `metrics.jsonl`, `checkpoints/` and `best/`.
+      hooks: callables `hook(step, state)` run after every step (and after its checkpoint).
+
+    Returns:
+      Final test metrics: loss, accuracy, correct, count, step.
+    """
+    validate_config(config)
+    spec = dataset_spec(config.dataset)
+    info = models.model_info(config.model)
+    model = models.create_model(
+        config.model, num_classes=spec.num_classes, **config.model_kwargs.to_dict()
+    )
+    input_shape = info.input_shape
+    fit = config.data.fit or spec.fit
+    train_source = _prepare_source(config, config.data.train_split, input_shape, fit)
+    eval_source = _prepare_source(config, config.data.eval_split, input_shape, fit)
+    num_steps = num_train_steps(config, len(train_source))
+    tx, lr_schedule = make_optimizer(config.optimizer, config.schedule, num_steps)
+    state = create_train_state(model, tx, input_shape, config.seed)
+
+    mean, std = _channel_stats(spec, input_shape[-1])
+    preprocess = Preprocess(mean, std, config.augment.crop_padding, config.augment.pad_mode,
+                            config.augment.flip)  # fmt: skip
+    train_step, eval_step = jit_steps(preprocess, config.label_smoothing)
+
+    os.makedirs(workdir, exist_ok=True)
+    resolved = json.loads(config.to_json())
+    checkpoints = Checkpoints(workdir, resolved, keep=config.keep_checkpoints)
+    try:
+        state, start_step = checkpoints.restore_latest(state)
+        with open(os.path.join(workdir, "config.json"), "w") as f:
+            json.dump(resolved, f, indent=2)
+        writer = MetricWriter(workdir, resume_step=start_step)
+        _say(f"{config.model}: {_count(state.params):,} parameters; {len(train_source):,} training "
+             f"examples of {config.dataset}; {num_steps} steps of {config.batch_size}")  # fmt: skip
+        if start_step:
+            _say(f"resumed from step {start_step} ({checkpoints.latest_dir})")
+
+        batches = train_batches(train_source, config.batch_size, config.seed, start_step,
+                                config.data.num_workers, config.data.prefetch)  # fmt: skip
+        interval = _Interval(config.batch_size)
+        bar = tqdm(total=num_steps, initial=start_step, desc=config.model, dynamic_ncols=True,
+                   disable=None if config.progress else True, leave=False)  # fmt: skip
+        last_good = checkpoints.latest_step
+        for step in range(start_step + 1, num_steps + 1):
+            state, metrics = train_step(state, next(batches))
+            interval.add(step, metrics)
+            bar.update(1)
+            if _is_due(step, config.log_every, num_steps):
+                summary = interval.flush(last_good, checkpoints.latest_dir)
+                summary["lr"] = float(lr_schedule(step - 1))
+                writer.write(step, "train", summary)
+                bar.set_postfix(loss=f"{summary['loss']:.4f}", acc=f"{summary['accuracy']:.3f}",
+                                img_s=f"{summary['images_per_sec']:.0f}")  # fmt: skip
+                _say(f"step {step}/{num_steps} train " + _fmt(summary))
+            if _is_due(step, config.eval_every, num_steps):
+                interval.flush(last_good, checkpoints.latest_dir)
+                result = evaluate(eval_step, state, eval_source, config.eval_batch_size)
+                writer.write(step, "eval", result)
+                _say(f"step {step}/{num_steps} eval " + _fmt(result))
+                checkpoints.save_if_best(step, state, result)
+                interval.start = time.perf_counter()  # evaluation is not training time
+            if _is_due(step, config.checkpoint_every, num_steps):
+                interval.flush(last_good, checkpoints.latest_dir)
+                checkpoints.save(step, state)
+                last_good = step
+                interval.start = time.perf_counter()
+            for hook in hooks:
+                hook(step, state)
+        bar.close()
+        result = evaluate(eval_step, state, eval_source, config.eval_batch_size)
+    finally:
+        checkpoints.close()
+    result["step"] = num_steps
+    note = f" [{spec.note}]" if spec.note else ""
+    _say(
+        f"final {config.data.eval_split} accuracy of {config.model} on {config.dataset}: "
+        f"{result['accuracy']:.4f} ({result['correct']}/{result['count']}) after {num_steps} "
+        f"steps{note}"
+    )
+    return result
+
+
+def _channel_stats(spec, channels: int):
+    if len(spec.mean) == channels:
+        return spec.mean, spec.std
+    if len(spec.mean) == 1:
+        return spec.mean * channels, spec.std * channels
+    raise ConfigError(f"dataset {spec.name} has {len(spec.mean)} channels, model wants {channels}")
+
+
+def _count(params) -> int:
+    return sum(int(np.prod(p.shape)) for p in jax.tree.leaves(params))
+
+
+def _fmt(values) -> str:
+    return " ".join(
+        f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in values.items()
+    )
+
+
+def _say(message: str) -> None:
+    """Prints a progress line without breaking an active progress bar."""
+    tqdm.write(message)

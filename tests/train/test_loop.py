@@ -1,0 +1,142 @@
+"""End-to-end training: learning, outputs, bit-exact resume, and every failure behaviour."""
+
+import json
+import os
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+
+from cnnjax.errors import CheckpointError, ConfigError, NonFiniteLossError
+from cnnjax.plot import plot_run
+from cnnjax.train import train_and_evaluate
+from cnnjax.train.metrics import read_metrics
+
+
+class Crash(Exception):
+    """Stands in for a killed process: raised by a hook, nothing after it runs."""
+
+
+def crash_at(step):
+    def hook(current, state):
+        if current == step:
+            raise Crash(step)
+
+    return hook
+
+
+def test_tiny_run_learns_and_writes_its_outputs(tmp_path, tiny_config):
+    config = tiny_config(num_steps=40, eval_every=20, checkpoint_every=20)
+    result = train_and_evaluate(config, str(tmp_path))
+    records = read_metrics(str(tmp_path))
+    train = [r for r in records if r["split"] == "train"]
+    assert train[-1]["loss"] < 0.5 * train[0]["loss"]
+    assert result["accuracy"] > 0.5 and result["count"] == 128  # chance is 0.1
+    assert {"loss", "accuracy", "grad_norm", "lr", "images_per_sec"} <= set(train[0])
+    assert [r["step"] for r in records if r["split"] == "eval"] == [20, 40]
+    saved = json.loads((tmp_path / "config.json").read_text())
+    assert saved["model"] == "lenet5" and saved["optimizer"]["lr"] == config.optimizer.lr
+    assert sorted(os.listdir(tmp_path / "checkpoints")) == ["20", "40"]
+    assert os.listdir(tmp_path / "best")
+    assert os.path.getsize(plot_run(str(tmp_path))) > 10_000
+
+
+def state_leaves(workdir, step):
+    with ocp.CheckpointManager(os.path.join(workdir, "checkpoints")) as manager:
+        restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
+    return jax.tree_util.tree_flatten_with_path(restored.state)[0]
+
+
+def test_interrupted_and_resumed_run_is_bit_identical(tmp_path, tiny_config):
+    # ResNet (BatchNorm statistics) with crop+flip augmentation exercises every piece of state.
+    config = tiny_config(model="resnet20", num_steps=8, checkpoint_every=4, batch_size=8)
+    config.model_kwargs.width = 4
+    config.augment.crop_padding, config.augment.flip = 2, True
+    config.optimizer.name, config.optimizer.momentum = "sgd", 0.9
+    straight, resumed = str(tmp_path / "straight"), str(tmp_path / "resumed")
+
+    train_and_evaluate(config, straight)
+    with pytest.raises(Crash):
+        train_and_evaluate(config, resumed, hooks=[crash_at(6)])  # dies after checkpoint 4
+    assert sorted(os.listdir(os.path.join(resumed, "checkpoints"))) == ["4"]
+    train_and_evaluate(config, resumed)
+
+    a, b = state_leaves(straight, 8), state_leaves(resumed, 8)
+    assert [path for path, _ in a] == [path for path, _ in b]
+    assert any("batch_stats" in jax.tree_util.keystr(path) for path, _ in a)
+    for (path, x), (_, y) in zip(a, b):
+        np.testing.assert_array_equal(x, y, err_msg=jax.tree_util.keystr(path))
+    steps = [r["step"] for r in read_metrics(resumed) if r["split"] == "train"]
+    assert steps == sorted(set(steps)) == [4, 8]  # records of the lost steps 5-6 were dropped
+
+
+def test_rerunning_a_finished_run_only_evaluates(tmp_path, tiny_config):
+    first = train_and_evaluate(tiny_config(), str(tmp_path))
+    again = train_and_evaluate(tiny_config(), str(tmp_path))
+    assert again == first
+
+
+def test_resuming_with_a_different_config_is_refused(tmp_path, tiny_config):
+    train_and_evaluate(tiny_config(), str(tmp_path))
+    with pytest.raises(CheckpointError, match=r"optimizer.lr: 0.003 -> 0.01.*new --workdir"):
+        train_and_evaluate(tiny_config(**{"optimizer.lr": 0.01}), str(tmp_path))
+    # Changing how often it logs does not change the run, so that resumes.
+    train_and_evaluate(tiny_config(log_every=2), str(tmp_path))
+
+
+def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, tiny_config):
+    # Sane for 8 steps (checkpoint at 8), then the learning rate jumps by 1e30 and diverges.
+    config = tiny_config(num_steps=16, checkpoint_every=8)
+    config.optimizer.name = "sgd"
+    config.schedule.name, config.schedule.boundaries = "piecewise", (8,)
+    config.schedule.decay_factor = 1e30
+    with pytest.raises(NonFiniteLossError, match=r"non-finite loss .* at step (9|1[0-6]).*step 8"):
+        train_and_evaluate(config, str(tmp_path))
+    assert sorted(os.listdir(tmp_path / "checkpoints")) == ["8"]
+    for path, leaf in state_leaves(str(tmp_path), 8):
+        assert np.all(np.isfinite(leaf)), jax.tree_util.keystr(path)
+
+
+def test_corrupt_checkpoint_is_reported_and_kept(tmp_path, tiny_config):
+    train_and_evaluate(tiny_config(), str(tmp_path))
+    state_dir = tmp_path / "checkpoints" / "16" / "state"
+    damaged = 0
+    for root, _, files in os.walk(state_dir):
+        for name in files:
+            with open(os.path.join(root, name), "wb") as f:
+                f.write(b"not a checkpoint")
+            damaged += 1
+    with pytest.raises(
+        CheckpointError, match=r"checkpoints/16 is corrupt.*earlier checkpoints: \[8\]"
+    ):
+        train_and_evaluate(tiny_config(), str(tmp_path))
+    assert sum(len(files) for _, _, files in os.walk(state_dir)) == damaged  # nothing deleted
+
+
+@pytest.mark.parametrize(
+    "overrides, match",
+    [
+        ({"modle": "lenet5"}, "unknown config key 'modle'; did you mean 'model'"),
+        ({"model": "lenet6"}, "unknown model 'lenet6'; did you mean 'lenet5'"),
+        ({"dataset": "cifar100"}, "unknown dataset 'cifar100'"),
+        ({"augment.pad_mode": "mirror"}, "augment.pad_mode 'mirror'"),
+        ({"data.eval_split": "validation"}, "data.eval_split"),
+        ({"batch_size": 0}, "batch_size must be >= 1"),
+    ],
+)
+def test_bad_configs_fail_before_any_work(tmp_path, tiny_config, overrides, match):
+    config = tiny_config()
+    with config.unlocked():
+        for key, value in overrides.items():
+            if key == "modle":
+                config.modle = value
+            else:
+                *parents, leaf = key.split(".")
+                target = config
+                for parent in parents:
+                    target = target[parent]
+                target[leaf] = value
+    with pytest.raises(ConfigError, match=match):
+        train_and_evaluate(config, str(tmp_path))
+    assert not os.path.exists(tmp_path / "checkpoints")
