@@ -1,0 +1,74 @@
+"""The command line as a user runs it: one clear error line per bad input, and resume."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import ROOT
+
+
+def run_main(*args, env=None):
+    environment = dict(os.environ, **(env or {}))
+    return subprocess.run(
+        [sys.executable, "-m", "cnnjax.main", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env=environment,
+        timeout=600,
+    )
+
+
+def assert_one_error_line(result, match):
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and match in errors[0], result.stderr
+
+
+@pytest.mark.parametrize(
+    "args, match",
+    [
+        (["--config.lr=0.1"], "unknown config key 'lr'"),
+        (["--config.optimizer.lr=abc"], "could not convert string to float: 'abc'"),
+        (["--config.model=resnet21"], "did you mean 'resnet20'"),
+        (["--config.dataset=imagenet"], "unknown dataset 'imagenet'"),
+        (["--config.optimizer.learning_rate=1"], "did you mean 'optimizer.lr'"),
+        (["--config.model_kwargs.width=4"], "add it to config.model_kwargs in the config file"),
+        (["--config.dataset=cifar10_jpeg", "--config.data_dir=/nonexistent"], "TFDS_DATA_DIR"),
+    ],
+)
+def test_bad_input_gives_one_clear_error_line(tmp_path, args, match):
+    result = run_main("--config=configs/default.py", f"--workdir={tmp_path}", *args)
+    assert_one_error_line(result, match)
+
+
+def test_missing_config_file_is_reported(tmp_path):
+    result = run_main("--config=configs/nope.py", f"--workdir={tmp_path}")
+    assert_one_error_line(result, "nope.py")
+
+
+def test_model_and_data_shapes_that_do_not_fit(tmp_path, tfds_dir):
+    result = run_main(
+        "--config=configs/default.py", f"--workdir={tmp_path}", "--config.dataset=cifar10_jpeg",
+        f"--config.data_dir={tfds_dir}", "--config.data.train_split=train[:1%]",
+    )  # fmt: skip
+    assert_one_error_line(result, "images have 3 channels but the model expects 1")
+
+
+def test_default_config_trains_prints_accuracy_and_resumes(tmp_path):
+    args = ["--config=configs/default.py", f"--workdir={tmp_path}", "--config.num_epochs=2"]
+    first = run_main(*args)
+    assert first.returncode == 0, first.stderr
+    assert "final test accuracy of lenet5 on digits" in first.stdout
+    again = run_main(*args)
+    assert again.returncode == 0, again.stderr
+    assert "resumed from step" in again.stdout
+    final = [line for line in first.stdout.splitlines() if line.startswith("final")]
+    assert final == [line for line in again.stdout.splitlines() if line.startswith("final")]
+    plot = subprocess.run(
+        [sys.executable, "-m", "cnnjax.plot", str(tmp_path)], capture_output=True, text=True
+    )
+    assert plot.returncode == 0 and os.path.exists(tmp_path / "curves.png")
