@@ -1,0 +1,51 @@
+"""Every shipped config loads and validates; the README's commands are the ones CI runs."""
+
+import importlib.util
+import re
+
+import pytest
+
+from cnnjax.train.config import validate_config
+from tests.conftest import ROOT
+
+CONFIG_FILES = sorted((ROOT / "configs").glob("*.py"))
+README = (ROOT / "README.md").read_text()
+
+
+def load_config(path, arg=None):
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config(arg)
+
+
+def config_args(path):
+    """The `:arg` variants a config's docstring launches (plus the default)."""
+    text = path.read_text()
+    return [None, *sorted(set(re.findall(rf"configs/{path.stem}\.py:(\w+)", text)))]
+
+
+@pytest.mark.parametrize(
+    "path, arg", [(p, a) for p in CONFIG_FILES for a in config_args(p)], ids=str
+)
+def test_config_loads_and_validates(path, arg):
+    validate_config(load_config(path, arg))
+
+
+def test_config_docstrings_show_their_launch_command():
+    for path in CONFIG_FILES:
+        assert f"--config=configs/{path.name}" in path.read_text(), path
+
+
+def test_readme_starts_with_the_two_commands_and_ci_runs_the_second():
+    blocks = re.findall(r"```(?:bash|sh)?\n(.*?)```", README, re.S)
+    main_command, test_command = blocks[0].strip(), blocks[1].strip()
+    assert "cnnjax.main --config=configs/default.py" in main_command
+    assert "pytest" in test_command
+    ci = (ROOT / ".ci" / "run").read_text()
+    assert f'README_TEST_COMMAND="{test_command}"' in ci
+
+
+def test_readme_commands_name_existing_configs():
+    for name in re.findall(r"--config=configs/(\w+)\.py", README):
+        assert (ROOT / "configs" / f"{name}.py").exists(), name
