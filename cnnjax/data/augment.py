@@ -14,35 +14,22 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from cnnjax.errors import ConfigError
+from cnnjax.layers.padding import PAD_MODES, pad
 
-PAD_MODES = {
-    "zeros": "constant",
-    "constant": "constant",
-    "reflect": "reflect",
-    "replicate": "edge",
-    "circular": "wrap",
-}
+__all__ = [
+    "PAD_MODES",
+    "augment",
+    "pad_and_random_crop",
+    "pad_spatial",
+    "random_flip_left_right",
+    "random_translate",
+    "translate",
+]
 
 
 def pad_spatial(images: jnp.ndarray, amount: int, mode: str = "zeros", value: float = 0.0):
-    """Pads `amount` pixels on every side of H and W with the given mode.
-
-    Args:
-      images: `(N, H, W, C)`.
-      amount: pixels added before and after each spatial axis.
-      mode: one of `PAD_MODES`.
-      value: fill value of mode "constant".
-
-    Returns:
-      `(N, H + 2 * amount, W + 2 * amount, C)`.
-    """
-    if mode not in PAD_MODES:
-        raise ConfigError(f"unknown padding mode {mode!r} (valid choices: {', '.join(PAD_MODES)})")
-    pads = ((0, 0), (amount, amount), (amount, amount), (0, 0))
-    if PAD_MODES[mode] == "constant":
-        return jnp.pad(images, pads, constant_values=value if mode == "constant" else 0.0)
-    return jnp.pad(images, pads, mode=PAD_MODES[mode])
+    """Pads `amount` pixels on every side of H and W (`(N, H, W, C)`) with one of `PAD_MODES`."""
+    return pad(images, amount, mode, value)
 
 
 def translate(images, shifts, max_shift: int, mode: str = "zeros", value: float = 0.0):

@@ -13,7 +13,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from cnnjax.errors import ConfigError, ShapeError
+import numpy as np
+
+from cnnjax.errors import ConfigError, ShapeError, unknown_choice
 
 PaddingSpec = str | int | Sequence[int] | Sequence[tuple[int, int]]
 PADDING_NAMES = ("valid", "same", "full")
@@ -21,10 +23,7 @@ PADDING_NAMES = ("valid", "same", "full")
 
 def as_pair(value: int | Sequence[int], name: str) -> tuple[int, int]:
     """Returns `(value, value)` for an int, or the 2-sequence itself, validated positive."""
-    pair = (value, value) if isinstance(value, int) else tuple(value)
-    if len(pair) != 2 or any((not isinstance(v, int)) or v < 1 for v in pair):
-        raise ConfigError(f"{name} must be a positive int or a pair of them, got {value!r}")
-    return pair
+    return as_tuple(value, 2, name)
 
 
 def conv_output_size(
@@ -47,47 +46,95 @@ def conv_output_size(
     return (padded - dilation * (kernel - 1) - 1) // stride + 1
 
 
+def as_tuple(value: int | Sequence[int], ndim: int, name: str) -> tuple[int, ...]:
+    """Returns `ndim` copies of an int, or the sequence itself, validated positive."""
+    values = (value,) * ndim if isinstance(value, int | np.integer) else tuple(value)
+    if len(values) != ndim or any(not isinstance(v, int | np.integer) or v < 1 for v in values):
+        raise ConfigError(f"{name} must be a positive int or {ndim} of them, got {value!r}")
+    return tuple(int(v) for v in values)
+
+
+def conv_transpose_output_size(
+    size: int,
+    kernel: int,
+    stride: int = 1,
+    padding: tuple[int, int] = (0, 0),
+    dilation: int = 1,
+    output_padding: int = 0,
+) -> int:
+    """Length of one output axis of a transposed convolution (PyTorch's `ConvTranspose` rule).
+
+    It inverts `conv_output_size`: `(size - 1) * stride - before - after + d(k - 1) + 1`, plus
+    `output_padding` (< stride) to pick one of the `stride` input sizes that a strided
+    convolution maps to `size`.
+    """
+    return (
+        (size - 1) * stride - padding[0] - padding[1] + dilation * (kernel - 1) + 1 + output_padding
+    )
+
+
 def resolve_padding(
-    padding: PaddingSpec, kernel: tuple[int, int], dilation: tuple[int, int] = (1, 1)
-) -> tuple[tuple[int, int], tuple[int, int]]:
-    """Turns a padding spec into explicit `((top, bottom), (left, right))` amounts.
+    padding: PaddingSpec,
+    kernel: int | Sequence[int],
+    dilation: int | Sequence[int] = 1,
+    ndim: int | None = None,
+) -> tuple[tuple[int, int], ...]:
+    """Turns a padding spec into explicit `(before, after)` amounts per spatial axis.
 
     Args:
       padding: "valid" (none); "same" (`d(k-1)/2` each side, the extra pixel after for even
         kernels: output size equals input size at stride 1; at stride s this is PyTorch's
         `padding=k//2`, not TensorFlow's stride-dependent SAME); "full" (every partial overlap,
-        `d(k-1)` each side);
-        an int (same amount on all sides), a pair `(ph, pw)`, or explicit pairs
-        `((top, bottom), (left, right))`.
-      kernel: `(kh, kw)` window size.
-      dilation: `(dh, dw)` kernel dilation.
+        `d(k-1)` each side); an int (same amount on all sides); one int per axis (symmetric);
+        or one `(before, after)` pair per axis. For a single axis, `(before, after)` may be
+        given directly.
+      kernel: window size, an int or one per axis.
+      dilation: kernel dilation, an int or one per axis.
+      ndim: number of spatial axes; defaults to `len(kernel)`, or 2 for an int kernel.
 
     Returns:
-      Explicit padding pairs for the two spatial axes.
+      `((before, after), ...)`, one pair per spatial axis.
     """
+    if ndim is None:
+        ndim = 2 if isinstance(kernel, int | np.integer) else len(kernel)
+    kernel = as_tuple(kernel, ndim, "kernel_size")
+    dilation = as_tuple(dilation, ndim, "dilation")
     extents = [d * (k - 1) for k, d in zip(kernel, dilation)]
     if isinstance(padding, str):
         name = padding.lower()
         if name == "valid":
-            return ((0, 0), (0, 0))
+            return ((0, 0),) * ndim
         if name == "same":
             return tuple((e // 2, e - e // 2) for e in extents)
         if name == "full":
             return tuple((e, e) for e in extents)
+        raise ConfigError(unknown_choice("padding", padding, PADDING_NAMES))
+    try:
+        pads = _explicit_pads(padding, ndim)
+    except (TypeError, ValueError):
+        pads = None
+    if pads is None or any(min(p) < 0 for p in pads):
         raise ConfigError(
-            f"unknown padding {padding!r} (valid choices: {', '.join(PADDING_NAMES)})"
+            f"padding must be one of {PADDING_NAMES}, an int, {ndim} ints or {ndim} "
+            f"(before, after) pairs with non-negative amounts; got {padding!r}"
         )
-    if isinstance(padding, int):
-        padding = (padding, padding)
+    return pads
+
+
+def _explicit_pads(padding, ndim: int) -> tuple[tuple[int, int], ...] | None:
+    if isinstance(padding, int | np.integer):
+        return ((int(padding),) * 2,) * ndim
     pads = tuple(padding)
-    if len(pads) == 2 and all(isinstance(p, int) for p in pads):
-        pads = ((pads[0], pads[0]), (pads[1], pads[1]))
-    if len(pads) != 2 or any(len(p) != 2 or min(p) < 0 for p in pads):
-        raise ConfigError(
-            f"padding must be one of {PADDING_NAMES}, an int, (ph, pw) or ((top, bottom), "
-            f"(left, right)) with non-negative amounts; got {padding!r}"
-        )
-    return tuple(tuple(int(v) for v in p) for p in pads)
+    if all(isinstance(p, int | np.integer) for p in pads):
+        if len(pads) == ndim:
+            return tuple((int(p), int(p)) for p in pads)
+        if ndim == 1 and len(pads) == 2:
+            return ((int(pads[0]), int(pads[1])),)
+        return None
+    pairs = tuple(tuple(int(v) for v in p) for p in pads)
+    if len(pairs) != ndim or any(len(p) != 2 for p in pairs):
+        return None
+    return pairs
 
 
 def check_window(

@@ -5,7 +5,12 @@ import pytest
 from hypothesis import given
 
 from cnnjax.errors import ConfigError, ShapeError
-from cnnjax.layers.shapes import check_window, conv_output_size, resolve_padding
+from cnnjax.layers.shapes import (
+    check_window,
+    conv_output_size,
+    conv_transpose_output_size,
+    resolve_padding,
+)
 
 
 def count_windows(size, kernel, stride, padding, dilation):
@@ -63,3 +68,29 @@ def test_bad_padding_is_a_config_error(spec):
 def test_kernel_larger_than_padded_input_names_layer_and_sizes():
     with pytest.raises(ShapeError, match=r"c5: kernel \(5, 5\).*padded input \(4, 4\)"):
         check_window("c5", (4, 4), (5, 5), (1, 1), ((0, 0), (0, 0)))
+
+
+@given(
+    size=st.integers(1, 30),
+    kernel=st.integers(1, 6),
+    stride=st.integers(1, 4),
+    before=st.integers(0, 3),
+    after=st.integers(0, 3),
+    dilation=st.integers(1, 3),
+)
+def test_transposed_output_size_inverts_the_conv(size, kernel, stride, before, after, dilation):
+    out = conv_output_size(size, kernel, stride, (before, after), dilation)
+    if out < 1:
+        return
+    # The stride maps `stride` input sizes to one output size; output_padding picks this one.
+    extra = (size + before + after - dilation * (kernel - 1) - 1) % stride
+    back = conv_transpose_output_size(out, kernel, stride, (before, after), dilation, extra)
+    assert back == size
+
+
+@pytest.mark.parametrize(
+    "spec, expected",
+    [("same", ((1, 1),)), (2, ((2, 2),)), ((1, 3), ((1, 3),)), ([(0, 2)], ((0, 2),))],
+)
+def test_one_dimensional_padding_specs(spec, expected):
+    assert resolve_padding(spec, 3, ndim=1) == expected

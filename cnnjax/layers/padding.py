@@ -1,0 +1,122 @@
+"""Padding of channels-last activations with every border mode of the course.
+
+Modes use PyTorch's names:
+
+  * "zeros": fill with 0 (what "padding=p" means in a conv layer);
+  * "constant": fill with `value`;
+  * "reflect": mirror without repeating the edge pixel (`d c b | a b c d | c b a`);
+  * "replicate": repeat the edge pixel (`a a a | a b c d | d d d`), numpy's "edge";
+  * "circular": wrap around (`b c d | a b c d | a b c`), a periodic image; numpy's "wrap".
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import jax.numpy as jnp
+import numpy as np
+
+from cnnjax.errors import ConfigError, ShapeError, unknown_choice
+from cnnjax.layers.shapes import PaddingSpec, resolve_padding
+
+PAD_MODES = ("zeros", "constant", "reflect", "replicate", "circular")
+_NUMPY_MODES = {
+    "zeros": "constant",
+    "constant": "constant",
+    "reflect": "reflect",
+    "replicate": "edge",
+    "circular": "wrap",
+}
+
+
+def check_pad_mode(mode: str) -> str:
+    """Returns `mode` if it is one of `PAD_MODES`, else raises `ConfigError` listing them."""
+    if mode not in _NUMPY_MODES:
+        raise ConfigError(unknown_choice("padding mode", mode, PAD_MODES))
+    return mode
+
+
+def pad(
+    x: jnp.ndarray,
+    padding: PaddingSpec,
+    mode: str = "zeros",
+    value: float = 0.0,
+    kernel_size: int | Sequence[int] = 1,
+    dilation: int | Sequence[int] = 1,
+) -> jnp.ndarray:
+    """Pads the spatial axes of `(N, *spatial, C)` activations.
+
+    Args:
+      x: `(N, L, C)`, `(N, H, W, C)` or any `(N, *spatial, C)`.
+      padding: "valid", "same" or "full" (these need `kernel_size`, and `dilation` if any), an
+        int, one int per spatial axis, or one `(before, after)` pair per spatial axis.
+      mode: one of `PAD_MODES`.
+      value: fill value of mode "constant".
+      kernel_size: window the padding is for, when `padding` is a name.
+      dilation: dilation of that window.
+
+    Returns:
+      `(N, *padded_spatial, C)`.
+
+    Raises:
+      ConfigError: unknown mode or padding spec.
+      ShapeError: "reflect" padding not smaller than the axis it mirrors.
+    """
+    check_pad_mode(mode)
+    spatial = x.shape[1:-1]
+    pads = resolve_padding(padding, kernel_size, dilation, ndim=len(spatial))
+    if mode == "reflect":
+        for size, (before, after) in zip(spatial, pads):
+            if max(before, after) >= size:
+                raise ShapeError(
+                    f"reflect padding {(before, after)} needs an axis longer than the padding, "
+                    f"got input spatial shape {tuple(spatial)}"
+                )
+    widths = ((0, 0), *pads, (0, 0))
+    if not any(before or after for before, after in pads):
+        return x
+    if _NUMPY_MODES[mode] == "constant":
+        return jnp.pad(x, widths, constant_values=value if mode == "constant" else 0)
+    return jnp.pad(x, widths, mode=_NUMPY_MODES[mode])
+
+
+def render_padding_demo(path: str, image: np.ndarray | None = None, amount: int = 3) -> str:
+    """Saves the course's padding demo: one image padded with each mode, the border marked.
+
+    Args:
+      path: PNG file to write.
+      image: `(H, W)` grayscale image; defaults to the first scikit-learn digit (8x8).
+      amount: pixels of padding on every side.
+
+    Returns:
+      `path`.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Rectangle
+
+    if image is None:
+        from sklearn.datasets import load_digits
+
+        image = load_digits().images[0] / 16.0
+    image = np.asarray(image, np.float32)
+    modes = [("zeros", 0.0), ("constant", 0.5), ("reflect", 0.0), ("replicate", 0.0),
+             ("circular", 0.0)]  # fmt: skip
+    figure, axes = plt.subplots(1, len(modes), figsize=(3 * len(modes), 3.3))
+    for axis, (mode, value) in zip(axes, modes):
+        padded = pad(jnp.asarray(image)[None, :, :, None], amount, mode, value)[0, :, :, 0]
+        axis.imshow(np.asarray(padded), cmap="gray", vmin=0, vmax=1)
+        height, width = image.shape
+        axis.add_patch(
+            Rectangle((amount - 0.5, amount - 0.5), width, height, fill=False, color="red", lw=2)
+        )
+        axis.set_title(f"{mode}({value})" if mode == "constant" else mode)
+        axis.set_xticks([])
+        axis.set_yticks([])
+    figure.suptitle(f"padding by {amount} pixels; red: the original image")
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+    return path

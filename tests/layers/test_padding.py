@@ -1,0 +1,78 @@
+"""`pad` against numpy and PyTorch, and the padding demo figure."""
+
+import os
+
+import hypothesis.strategies as st
+import numpy as np
+import pytest
+from hypothesis import given, settings
+
+from cnnjax.errors import ConfigError, ShapeError
+from cnnjax.layers.padding import PAD_MODES, pad, render_padding_demo
+
+NUMPY_MODES = {"zeros": "constant", "constant": "constant", "reflect": "reflect",
+               "replicate": "edge", "circular": "wrap"}  # fmt: skip
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    mode=st.sampled_from(PAD_MODES),
+    height=st.integers(3, 6),
+    width=st.integers(3, 6),
+    pads=st.tuples(*[st.integers(0, 2)] * 4),
+)
+def test_pad_matches_numpy_semantics(mode, height, width, pads):
+    x = np.random.default_rng(0).normal(size=(2, height, width, 3)).astype(np.float32)
+    top, bottom, left, right = pads
+    got = pad(x, ((top, bottom), (left, right)), mode, value=1.5)
+    widths = ((0, 0), (top, bottom), (left, right), (0, 0))
+    if NUMPY_MODES[mode] == "constant":
+        expected = np.pad(x, widths, constant_values=1.5 if mode == "constant" else 0.0)
+    else:
+        expected = np.pad(x, widths, mode=NUMPY_MODES[mode])
+    np.testing.assert_array_equal(got, expected)
+
+
+def test_modes_on_a_row_read_like_the_course():
+    row = np.array([1.0, 2.0, 3.0, 4.0], np.float32).reshape(1, 4, 1)
+    expected = {
+        "zeros": [0, 0, 1, 2, 3, 4, 0, 0],
+        "reflect": [3, 2, 1, 2, 3, 4, 3, 2],
+        "replicate": [1, 1, 1, 2, 3, 4, 4, 4],
+        "circular": [3, 4, 1, 2, 3, 4, 1, 2],
+    }
+    for mode, values in expected.items():
+        np.testing.assert_array_equal(pad(row, 2, mode)[0, :, 0], values)
+
+
+def test_named_paddings_need_the_kernel():
+    x = np.zeros((1, 5, 5, 1), np.float32)
+    assert pad(x, "same", kernel_size=3).shape == (1, 7, 7, 1)
+    assert pad(x, "full", kernel_size=3, dilation=2).shape == (1, 13, 13, 1)
+    assert pad(x, "valid", kernel_size=3).shape == x.shape
+
+
+def test_bad_modes_and_sizes_are_clear_errors():
+    x = np.zeros((1, 3, 3, 1), np.float32)
+    with pytest.raises(ConfigError, match="did you mean 'reflect'"):
+        pad(x, 1, "reflection")
+    with pytest.raises(ShapeError, match=r"reflect padding \(3, 3\)"):
+        pad(x, 3, "reflect")
+
+
+def test_pad_matches_torch():
+    torch = pytest.importorskip("torch")
+    x = np.random.default_rng(1).normal(size=(2, 5, 4, 3)).astype(np.float32)
+    torch_x = torch.from_numpy(np.moveaxis(x, -1, 1).copy())
+    for mode, torch_mode in [("reflect", "reflect"), ("replicate", "replicate"),
+                             ("circular", "circular"), ("zeros", "constant")]:  # fmt: skip
+        expected = torch.nn.functional.pad(torch_x, (1, 2, 2, 1), mode=torch_mode)
+        got = pad(x, ((2, 1), (1, 2)), mode)
+        np.testing.assert_array_equal(got, np.moveaxis(expected.numpy(), 1, -1))
+
+
+def test_padding_demo_writes_a_png(tmp_path):
+    path = render_padding_demo(str(tmp_path / "padding.png"))
+    with open(path, "rb") as f:
+        assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+    assert os.path.getsize(path) > 5000
