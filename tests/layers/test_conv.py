@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from cnnjax.errors import ConfigError, ShapeError
-from cnnjax.layers import Conv2d, avg_pool2d, make_conv, max_pool2d
+from cnnjax.layers import Conv2d, make_conv
 from cnnjax.layers.shapes import resolve_padding
 
 
@@ -87,36 +87,3 @@ def test_make_conv_binds_arguments():
     conv = make_conv("pointwise", use_bias=False)(features=5)
     variables = conv.init(jax.random.PRNGKey(0), np.zeros((1, 3, 3, 2), np.float32))
     assert variables["params"]["kernel"].shape == (1, 1, 2, 5) and "bias" not in variables["params"]
-
-
-def numpy_pool(x, window, stride, reduce):
-    n, h, w, c = x.shape
-    oh, ow = (h - window) // stride + 1, (w - window) // stride + 1
-    out = np.zeros((n, oh, ow, c))
-    for i, j in itertools.product(range(oh), range(ow)):
-        patch = x[:, i * stride : i * stride + window, j * stride : j * stride + window]
-        out[:, i, j] = reduce(patch, axis=(1, 2))
-    return out
-
-
-@pytest.mark.parametrize("window, stride", [(2, 2), (3, 1), (3, 2)])
-def test_pooling_matches_numpy(window, stride):
-    x = np.random.default_rng(1).normal(size=(2, 7, 8, 3)).astype(np.float32)
-    np.testing.assert_allclose(
-        max_pool2d(x, window, stride), numpy_pool(x, window, stride, np.max), rtol=1e-6
-    )
-    np.testing.assert_allclose(
-        avg_pool2d(x, window, stride), numpy_pool(x, window, stride, np.mean), rtol=1e-5, atol=1e-6
-    )
-
-
-def test_avg_pool_count_include_pad():
-    x = np.ones((1, 2, 2, 1), np.float32)
-    included = avg_pool2d(x, 2, 1, padding=1, count_include_pad=True)
-    excluded = avg_pool2d(x, 2, 1, padding=1, count_include_pad=False)
-    assert float(included[0, 0, 0, 0]) == 0.25 and float(excluded[0, 0, 0, 0]) == 1.0
-
-
-def test_pool_window_larger_than_input_is_a_shape_error():
-    with pytest.raises(ShapeError, match="max_pool2d"):
-        max_pool2d(np.zeros((1, 1, 1, 1), np.float32), 2)
