@@ -1,8 +1,374 @@
-"""Normalization layers with PyTorch's defaults, so models match torchvision numerically."""
+"""Normalization and regularization layers over channels-last (NHWC) activations.
+
+Every layer is a pure function (testable against numpy or `torch.nn.functional`) plus a Linen
+module or a `functools.partial` of Flax's module with PyTorch's defaults.
+
+Running variance, Flax versus PyTorch. Both normalise a training batch with its *biased* variance
+`v_b = mean((x - mean(x))^2)` over the `m = N*H*W` values of a channel, and both update the
+running averages as `running = 0.9 * running + 0.1 * batch` (Flax `momentum=0.9` is PyTorch
+`momentum=0.1`). They differ in which batch variance enters the running average:
+
+* `flax.linen.BatchNorm` (and so `BatchNorm` below) stores the biased `v_b`;
+* `torch.nn.BatchNorm2d` stores the unbiased `v_b * m / (m - 1)`.
+
+After one step from `var = 1` the two running variances differ by `0.1 * v_b / (m - 1)`, and
+after many steps by a relative `1 / (m - 1)`: 8e-6 for a 32x32 CIFAR map with batch 128 (far below
+float32 training noise), but 3% for a batch of 32 feature vectors or 1% for a 7x7 map with
+batch 2. Only the eval-mode output is affected; train-mode outputs are identical. `TorchBatchNorm`
+reproduces PyTorch exactly (`unbiased_running_var=True`) with the same variable names as Flax
+(`params/scale`, `params/bias`, `batch_stats/mean`, `batch_stats/var`), so a checkpoint or a set of
+torchvision weights loads into either. `BatchNorm` stays Flax's module because it is what the
+models and their timings were built with.
+"""
+
+from __future__ import annotations
 
 import functools
+import math
+from collections.abc import Callable
+from typing import Any
 
 import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+from cnnjax.errors import ConfigError, ShapeError
+
+Initializer = Callable[..., Any]
 
 # PyTorch's BatchNorm2d: running = 0.9 * running + 0.1 * batch (Flax momentum 0.9), eps 1e-5.
+# Flax's running variance is the biased batch variance; see the module docstring.
 BatchNorm = functools.partial(nn.BatchNorm, momentum=0.9, epsilon=1e-5)
+
+# ConvNeXt's channels-last LayerNorm (Liu et al. 2022): statistics over C only, eps 1e-6. The
+# two-pass variance is what `F.layer_norm` computes; Flax's default E[x^2] - E[x]^2 loses digits
+# when |mean| >> std.
+LayerNorm = functools.partial(nn.LayerNorm, epsilon=1e-6, use_fast_variance=False)
+
+# Flax's element-wise dropout (Srivastava et al. 2014): rng collection "dropout", inverted scaling.
+Dropout = nn.Dropout
+
+
+def _stat_dtype(x: jnp.ndarray) -> Any:
+    # Statistics in at least float32 so bfloat16 activations keep their normalisation accurate.
+    return jnp.promote_types(x.dtype, jnp.float32)
+
+
+def _check_momentum_epsilon(momentum: float, epsilon: float) -> None:
+    if not 0.0 <= momentum <= 1.0:
+        raise ConfigError(
+            f"batch norm momentum must be in [0, 1] (Flax convention: the weight kept from the "
+            f"old running average; PyTorch's momentum=0.1 is 0.9 here), got {momentum}"
+        )
+    if not epsilon > 0.0:
+        raise ConfigError(f"normalization epsilon must be > 0, got {epsilon}")
+
+
+def batch_norm(
+    x: jnp.ndarray,
+    running_mean: jnp.ndarray,
+    running_var: jnp.ndarray,
+    scale: jnp.ndarray | None = None,
+    bias: jnp.ndarray | None = None,
+    *,
+    train: bool,
+    momentum: float = 0.9,
+    epsilon: float = 1e-5,
+    unbiased_running_var: bool = True,
+) -> tuple[jnp.ndarray, jnp.ndarray, jnp.ndarray]:
+    """Batch normalization (Ioffe & Szegedy 2015) over all axes but the last, functionally.
+
+    `y = (x - mu) / sqrt(var + epsilon) * scale + bias`, with `(mu, var)` the batch mean and
+    biased batch variance when training, else the running averages. Like
+    `torch.nn.functional.batch_norm`, but the running averages are returned instead of updated in
+    place, and `momentum` follows Flax: `running = momentum * running + (1 - momentum) * batch`.
+
+    Args:
+      x: `(N, ..., C)`, e.g. `(N, H, W, C)`.
+      running_mean: `(C,)`.
+      running_var: `(C,)`.
+      scale: `(C,)` learned gain gamma, or None for 1.
+      bias: `(C,)` learned shift beta, or None for 0.
+      train: normalise with batch statistics and update the running averages.
+      momentum: weight of the old running average (PyTorch's `momentum=0.1` is 0.9 here).
+      epsilon: added to the variance.
+      unbiased_running_var: average the unbiased batch variance `var * m / (m - 1)` (`m` values per
+        channel) into `running_var`, as PyTorch does; False averages the biased one, as Flax does.
+
+    Returns:
+      `(y, new_running_mean, new_running_var)`: `y` has the shape and dtype of `x`; the running
+      averages are `(C,)` and returned unchanged when not training.
+
+    Raises:
+      ShapeError: training with a single value per channel and `unbiased_running_var`.
+    """
+    _check_momentum_epsilon(momentum, epsilon)
+    xs = x.astype(_stat_dtype(x))
+    axes = tuple(range(x.ndim - 1))
+    if train:
+        count = math.prod(x.shape[:-1])
+        if unbiased_running_var and count < 2:
+            raise ShapeError(
+                f"batch_norm: the unbiased variance needs more than one value per channel when "
+                f"training, got input shape {x.shape}"
+            )
+        mean = xs.mean(axes)
+        # Two-pass variance: stable when |mean| >> std, unlike E[x^2] - E[x]^2.
+        var = jnp.square(xs - mean).mean(axes)
+        correction = count / (count - 1) if unbiased_running_var else 1.0
+        running_mean = momentum * running_mean + (1.0 - momentum) * mean
+        running_var = momentum * running_var + (1.0 - momentum) * (var * correction)
+    else:
+        mean, var = running_mean, running_var
+    y = (xs - mean) * lax.rsqrt(var + epsilon)
+    if scale is not None:
+        y = y * scale
+    if bias is not None:
+        y = y + bias
+    return y.astype(x.dtype), running_mean, running_var
+
+
+class TorchBatchNorm(nn.Module):
+    """Batch normalization with PyTorch's exact running-variance update (`BatchNorm2d`).
+
+    A drop-in for `BatchNorm` (same fields, call signature and variable names) whose running
+    variance averages the *unbiased* batch variance; see the module docstring for when that
+    matters. Parameters: `2C` (scale, bias) plus `2C` non-trainable statistics.
+
+    Attributes:
+      use_running_average: normalise with the running averages (eval) instead of the batch.
+      momentum: weight of the old running average (Flax convention; PyTorch's 0.1 is 0.9).
+      epsilon: added to the variance.
+      unbiased_running_var: True for PyTorch's update, False for Flax's (biased) one.
+      use_bias: learn a shift beta.
+      use_scale: learn a gain gamma.
+      scale_init: initializer of gamma (ones).
+      bias_init: initializer of beta (zeros).
+      dtype: output dtype (None: the input's). Statistics are computed in at least float32.
+      param_dtype: dtype of gamma and beta.
+    """
+
+    use_running_average: bool | None = None
+    momentum: float = 0.9
+    epsilon: float = 1e-5
+    unbiased_running_var: bool = True
+    use_bias: bool = True
+    use_scale: bool = True
+    scale_init: Initializer = nn.initializers.ones_init()
+    bias_init: Initializer = nn.initializers.zeros_init()
+    dtype: Any = None
+    param_dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jnp.ndarray, use_running_average: bool | None = None) -> jnp.ndarray:
+        """Normalises `x` of shape `(N, ..., C)` per channel; returns the same shape.
+
+        In training mode the `batch_stats` collection must be mutable to keep the updated
+        running averages (`apply(..., mutable=["batch_stats"])`); they are left untouched while
+        initializing, as in Flax.
+        """
+        use_running_average = nn.merge_param(
+            "use_running_average", self.use_running_average, use_running_average
+        )
+        features = (x.shape[-1],)
+        ra_mean = self.variable("batch_stats", "mean", jnp.zeros, features, jnp.float32)
+        ra_var = self.variable("batch_stats", "var", jnp.ones, features, jnp.float32)
+        scale = bias = None
+        if self.use_scale:
+            scale = self.param("scale", self.scale_init, features, self.param_dtype)
+        if self.use_bias:
+            bias = self.param("bias", self.bias_init, features, self.param_dtype)
+        y, mean, var = batch_norm(
+            x, ra_mean.value, ra_var.value, scale, bias, train=not use_running_average,
+            momentum=self.momentum, epsilon=self.epsilon,
+            unbiased_running_var=self.unbiased_running_var,
+        )  # fmt: skip
+        if not use_running_average and not self.is_initializing():
+            ra_mean.value, ra_var.value = mean, var
+        return y.astype(self.dtype or x.dtype)
+
+
+def layer_norm(
+    x: jnp.ndarray,
+    scale: jnp.ndarray | None = None,
+    bias: jnp.ndarray | None = None,
+    epsilon: float = 1e-6,
+) -> jnp.ndarray:
+    """Layer normalization (Ba et al. 2016) over the channel axis only, as in ConvNeXt.
+
+    `y = (x - mean_C(x)) / sqrt(var_C(x) + epsilon) * scale + bias`, with the biased variance over
+    the last axis of each position: `F.layer_norm(x, (C,), scale, bias, epsilon)` on NHWC.
+
+    Args:
+      x: `(..., C)`, e.g. `(N, H, W, C)`.
+      scale: `(C,)` gain, or None for 1.
+      bias: `(C,)` shift, or None for 0.
+      epsilon: added to the variance (ConvNeXt: 1e-6; PyTorch's default: 1e-5).
+
+    Returns:
+      The shape and dtype of `x`.
+    """
+    if not epsilon > 0.0:
+        raise ConfigError(f"normalization epsilon must be > 0, got {epsilon}")
+    xs = x.astype(_stat_dtype(x))
+    mean = xs.mean(-1, keepdims=True)
+    var = jnp.square(xs - mean).mean(-1, keepdims=True)
+    y = (xs - mean) * lax.rsqrt(var + epsilon)
+    if scale is not None:
+        y = y * scale
+    if bias is not None:
+        y = y + bias
+    return y.astype(x.dtype)
+
+
+def _check_rate(rate: float) -> None:
+    # A traced rate cannot be checked; it is the caller's responsibility.
+    if isinstance(rate, int | float) and not 0.0 <= rate <= 1.0:
+        raise ConfigError(f"dropout rate must be in [0, 1] (the drop probability), got {rate}")
+
+
+def _drop(key: jax.Array, x: jnp.ndarray, rate: float, mask_shape: tuple[int, ...]):
+    _check_rate(rate)
+    if isinstance(rate, int | float):
+        if rate == 0.0:
+            return x
+        if rate == 1.0:
+            return jnp.zeros_like(x)
+    keep = 1.0 - rate
+    mask = jax.random.bernoulli(key, keep, mask_shape)
+    # Inverted dropout: scaling kept units by 1/(1-p) at training time leaves E[y] = x, so
+    # evaluation is the identity.
+    return jnp.where(mask, x / keep, jnp.zeros((), x.dtype)).astype(x.dtype)
+
+
+def dropout(key: jax.Array, x: jnp.ndarray, rate: float) -> jnp.ndarray:
+    """Element-wise dropout (Srivastava et al. 2014): `y = m * x / (1 - rate)`, `m ~ Bernoulli`.
+
+    Args:
+      key: PRNG key.
+      x: any shape.
+      rate: drop probability in [0, 1].
+
+    Returns:
+      The shape and dtype of `x`; each element zeroed independently with probability `rate`.
+    """
+    return _drop(key, x, rate, x.shape)
+
+
+def channel_dropout(key: jax.Array, x: jnp.ndarray, rate: float) -> jnp.ndarray:
+    """Spatial dropout (Tompson et al. 2015): drops whole channels of each example.
+
+    `y[n, h, w, c] = m[n, c] * x[n, h, w, c] / (1 - rate)` with one `m[n, c] ~ Bernoulli(1 - rate)`
+    per example and channel, i.e. a `(N, 1, 1, C)` mask: neighbouring pixels of a feature map are
+    strongly correlated, so element-wise dropout barely regularises convolutional features.
+    PyTorch's `Dropout2d` (`Dropout1d` for `(N, L, C)`, `Dropout3d` for 5-D) on NHWC.
+
+    Args:
+      key: PRNG key.
+      x: `(N, *spatial, C)` with at least one spatial axis.
+      rate: drop probability in [0, 1].
+
+    Returns:
+      The shape and dtype of `x`.
+
+    Raises:
+      ShapeError: for inputs with fewer than 3 axes (use `dropout`).
+    """
+    if x.ndim < 3:
+        raise ShapeError(
+            f"channel_dropout: expected (N, *spatial, C) with a spatial axis, got shape {x.shape}"
+        )
+    mask_shape = (x.shape[0],) + (1,) * (x.ndim - 2) + (x.shape[-1],)
+    return _drop(key, x, rate, mask_shape)
+
+
+class ChannelDropout(nn.Module):
+    """Spatial dropout of whole channels per example; see `channel_dropout`. No parameters.
+
+    Attributes:
+      rate: drop probability in [0, 1].
+      deterministic: identity when True (eval); may instead be passed to `__call__`.
+      rng_collection: rng collection of the mask ("dropout", as for `nn.Dropout`).
+    """
+
+    rate: float
+    deterministic: bool | None = None
+    rng_collection: str = "dropout"
+
+    @nn.compact
+    def __call__(self, x: jnp.ndarray, deterministic: bool | None = None) -> jnp.ndarray:
+        """`(N, *spatial, C) -> (N, *spatial, C)`."""
+        deterministic = nn.merge_param("deterministic", self.deterministic, deterministic)
+        _check_rate(self.rate)
+        if deterministic or self.rate == 0.0:
+            return x
+        return channel_dropout(self.make_rng(self.rng_collection), x, self.rate)
+
+
+# PyTorch's name for the same layer.
+Dropout2d = ChannelDropout
+
+
+def _check_lrn(size: int, alpha: float, beta: float, k: float) -> None:
+    if not isinstance(size, int | np.integer) or isinstance(size, bool) or size < 1:
+        raise ConfigError(f"local response norm size must be a positive int, got {size!r}")
+    for name, value in (("alpha", alpha), ("beta", beta), ("k", k)):
+        if not isinstance(value, int | float) or isinstance(value, bool):
+            raise ConfigError(f"local response norm {name} must be a number, got {value!r}")
+
+
+def local_response_norm(
+    x: jnp.ndarray, size: int = 5, alpha: float = 1e-4, beta: float = 0.75, k: float = 2.0
+) -> jnp.ndarray:
+    """Local response normalization across channels (Krizhevsky et al. 2012, AlexNet).
+
+    `b_c = a_c / (k + alpha / size * sum_{c'} a_{c'}^2)^beta`, the sum over the `size` channels
+    `c - size//2 <= c' <= c + (size-1)//2`, with zeros beyond the first and last channel.
+
+    This is PyTorch's (and Caffe's) convention, alpha divided by `size`. The AlexNet paper writes
+    `(k + alpha * sum)^beta` with `k=2, n=5, alpha=1e-4, beta=0.75`, so the paper's layer is
+    `local_response_norm(x, 5, alpha=5e-4, beta=0.75, k=2.0)` here. The default `k=2` is the
+    paper's; PyTorch's default is `k=1`.
+
+    Args:
+      x: `(..., C)`, e.g. `(N, H, W, C)`.
+      size: number of neighbouring channels in the sum (odd in practice).
+      alpha: scale of the sum of squares (divided by `size`).
+      beta: exponent.
+      k: additive constant; `k > 0` keeps the denominator positive.
+
+    Returns:
+      The shape and dtype of `x`.
+    """
+    _check_lrn(size, alpha, beta, k)
+    xs = x.astype(_stat_dtype(x))
+    squares = jnp.square(xs)
+    window = (1,) * (x.ndim - 1) + (size,)
+    pads = ((0, 0),) * (x.ndim - 1) + ((size // 2, (size - 1) // 2),)
+    # A concrete zero init lets jax recognise a windowed sum, which is differentiable.
+    sums = lax.reduce_window(
+        squares, np.array(0, squares.dtype), lax.add, window, (1,) * x.ndim, pads
+    )
+    return (xs / (k + (alpha / size) * sums) ** beta).astype(x.dtype)
+
+
+class LocalResponseNorm(nn.Module):
+    """Local response normalization across channels; see `local_response_norm`. No parameters.
+
+    Attributes:
+      size: neighbouring channels in the sum.
+      alpha: scale of the sum of squares, divided by `size` (PyTorch's convention).
+      beta: exponent.
+      k: additive constant (AlexNet's 2; PyTorch's default is 1).
+    """
+
+    size: int = 5
+    alpha: float = 1e-4
+    beta: float = 0.75
+    k: float = 2.0
+
+    def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
+        """`(..., C) -> (..., C)`."""
+        return local_response_norm(x, self.size, self.alpha, self.beta, self.k)
