@@ -1,18 +1,97 @@
-"""Layer library: convolution, pooling and normalization as pure functions and Linen modules."""
+"""Layer library: convolution, pooling and normalization as pure functions and Linen modules.
 
-from cnnjax.layers.conv import CONV_KINDS, Conv2d, make_conv
-from cnnjax.layers.norm import BatchNorm
-from cnnjax.layers.pooling import avg_pool2d, global_avg_pool, max_pool2d
-from cnnjax.layers.shapes import conv_output_size, resolve_padding
+Pure functions are collected in `cnnjax.layers.functional`; modules and factories are here.
+"""
+
+from cnnjax.layers.blocks import ORDER_TOKENS, ConvBlock, parse_order
+from cnnjax.layers.blurpool import BlurAvgPool, BlurPool, ConvBlurPool, MaxBlurPool
+from cnnjax.layers.conv import (
+    CONV_KINDS,
+    Conv1d,
+    Conv2d,
+    ConvTranspose2d,
+    DepthwiseConv2d,
+    SeparableConv2d,
+    SpatiallySeparableConv2d,
+    make_conv,
+)
+from cnnjax.layers.norm import (
+    BatchNorm,
+    ChannelDropout,
+    Dropout,
+    Dropout2d,
+    LayerNorm,
+    LocalResponseNorm,
+    TorchBatchNorm,
+)
+from cnnjax.layers.padding import PAD_MODES, pad, render_padding_demo
+from cnnjax.layers.pooling import (
+    AdaptiveAvgPool2d,
+    AdaptiveMaxPool2d,
+    AvgPool2d,
+    GlobalAvgPool,
+    GlobalMaxPool,
+    LPPool2d,
+    MaxPool2d,
+    MinPool2d,
+    SpatialPyramidPool,
+    avg_pool2d,
+    global_avg_pool,
+    max_pool2d,
+    pool_output_size,
+)
+from cnnjax.layers.shapes import conv_output_size, conv_transpose_output_size, resolve_padding
+from cnnjax.layers.special_pooling import (
+    AttentionPool2d,
+    BilinearPool,
+    GlobalAttentionPool,
+    StochasticPool2d,
+)
 
 __all__ = [
     "CONV_KINDS",
+    "ORDER_TOKENS",
+    "PAD_MODES",
+    "AdaptiveAvgPool2d",
+    "AdaptiveMaxPool2d",
+    "AttentionPool2d",
+    "AvgPool2d",
     "BatchNorm",
+    "BilinearPool",
+    "BlurAvgPool",
+    "BlurPool",
+    "ChannelDropout",
+    "Conv1d",
     "Conv2d",
+    "ConvBlock",
+    "ConvBlurPool",
+    "ConvTranspose2d",
+    "DepthwiseConv2d",
+    "Dropout",
+    "Dropout2d",
+    "GlobalAttentionPool",
+    "GlobalAvgPool",
+    "GlobalMaxPool",
+    "LPPool2d",
+    "LayerNorm",
+    "LocalResponseNorm",
+    "MaxBlurPool",
+    "MaxPool2d",
+    "MinPool2d",
+    "SeparableConv2d",
+    "SpatialPyramidPool",
+    "SpatiallySeparableConv2d",
+    "StochasticPool2d",
+    "TorchBatchNorm",
     "avg_pool2d",
     "conv_output_size",
+    "conv_transpose_output_size",
     "global_avg_pool",
     "make_conv",
     "max_pool2d",
+    "pad",
+    "parse_order",
+    "pool_output_size",
+    "render_padding_demo",
     "resolve_padding",
 ]
