@@ -3,11 +3,16 @@
 import os
 import pathlib
 
+import hypothesis
 import pytest
 
 from cnnjax.train.config import base_config
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+# CI replays the same examples every run (a red CI is then reproducible); local runs explore.
+hypothesis.settings.register_profile("ci", derandomize=True, print_blob=True)
+hypothesis.settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
 
 
 def find_tfds_dir():

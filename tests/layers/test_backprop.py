@@ -36,10 +36,8 @@ def cases(draw):
     dilation = tuple(draw(st.integers(1, 3)) for _ in range(ndim))
     strides = tuple(draw(st.integers(1, 3)) for _ in range(ndim))
     pads = tuple((draw(st.integers(0, 3)), draw(st.integers(0, 3))) for _ in range(ndim))
-    spatial = tuple(
-        draw(st.integers(max(1, d * (k - 1) + 1 - p0 - p1), 9))
-        for k, d, (p0, p1) in zip(kernel, dilation, pads)
-    )
+    smallest = [max(1, d * (k - 1) + 1 - p0 - p1) for k, d, (p0, p1) in zip(kernel, dilation, pads)]
+    spatial = tuple(draw(st.integers(low, low + 6)) for low in smallest)
     return ndim, groups, kernel, dilation, strides, pads, spatial
 
 
