@@ -109,7 +109,7 @@ def conv(
     dtype = jnp.result_type(x.dtype, kernel.dtype)
     x, kernel = x.astype(dtype), kernel.astype(dtype)
     if impl == "explicit":
-        from cnnjax.layers.backprop import explicit_conv  # import cycle: backprop uses `pad`
+        from cnnjax.layers.backprop import explicit_conv  # lazy: backprop imports this module
 
         y = explicit_conv(x, kernel, strides, pads, dilation, groups, precision)
     else:

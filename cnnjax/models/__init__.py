@@ -1,6 +1,20 @@
 """Model zoo: every architecture is a Linen module returning `(logits, intermediates)`."""
 
-from cnnjax.models import lenet, resnet_cifar  # noqa: F401  (importing registers the models)
+# Importing a family registers its models (and its torchvision converter, if any).
+from cnnjax.models import (  # noqa: F401
+    alexnet,
+    convnext,
+    densenet,
+    googlenet,
+    highway,
+    inception_v3,
+    lenet,
+    mobilenet,
+    nin,
+    resnet,
+    resnet_cifar,
+    vgg,
+)
 from cnnjax.models.registry import ModelInfo, create_model, list_models, model_info, register
 
 __all__ = ["ModelInfo", "create_model", "list_models", "model_info", "register"]

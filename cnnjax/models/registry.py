@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import dataclasses
 import fnmatch
+import functools
 import inspect
 from collections.abc import Callable
 from typing import Any
 
 import flax.linen as nn
+import jax
+import jax.numpy as jnp
 
 from cnnjax.errors import ConfigError, unknown_choice
 
@@ -28,14 +31,42 @@ class ModelInfo:
       num_classes: default number of classes.
       paper: the publication the architecture comes from.
       description: one line on what this variant is.
+
+    `params` and `macs` (multiply-accumulates of one image at `input_shape`, eval mode) are
+    computed on first use by tracing the model on abstract shapes: no weights are allocated.
     """
 
     name: str
     constructor: Callable[..., nn.Module]
-    input_shape: tuple[int, int, int]
+    input_shape: tuple[int, ...]
     num_classes: int
     paper: str = ""
     description: str = ""
+
+    def abstract_variables(self) -> dict:
+        """Shapes and dtypes of the model's variables for one input image."""
+        x = jax.ShapeDtypeStruct((1, *self.input_shape), jnp.float32)
+        return jax.eval_shape(
+            lambda: self.constructor().init(jax.random.key(0), jnp.zeros(x.shape), train=False)
+        )
+
+    @functools.cached_property
+    def params(self) -> int:
+        """Number of trainable parameters at the default class count."""
+        from cnnjax.analysis.costs import count_params
+
+        return count_params(self.abstract_variables().get("params", {}))
+
+    @functools.cached_property
+    def macs(self) -> int:
+        """Multiply-accumulates of convolutions and dense layers for one input image."""
+        from cnnjax.analysis.costs import count_macs
+
+        model = self.constructor()
+        x = jax.ShapeDtypeStruct((1, *self.input_shape), jnp.float32)
+        return count_macs(
+            lambda v, images: model.apply(v, images, train=False), self.abstract_variables(), x
+        )
 
 
 _REGISTRY: dict[str, ModelInfo] = {}
@@ -74,13 +105,20 @@ def module_fields(constructor: Callable[..., nn.Module]) -> list[str]:
     return list(inspect.signature(cls).parameters)
 
 
-def create_model(name: str, **kwargs: Any) -> nn.Module:
+def create_model(name: str, num_classes: int | None = None, **kwargs: Any) -> nn.Module:
     """Builds a registered model, overriding module fields with `kwargs`.
+
+    Args:
+      name: registry key (see `list_models`).
+      num_classes: output classes (default: the model's).
+      **kwargs: module fields to override, e.g. `conv=make_conv("separable")`, `act=nn.gelu`.
 
     Raises:
       ConfigError: for an unknown model name or a field the model does not have.
     """
     info = model_info(name)
+    if num_classes is not None:
+        kwargs["num_classes"] = num_classes
     fields = module_fields(info.constructor)
     for key in kwargs:
         if key not in fields:

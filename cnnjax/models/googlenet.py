@@ -1,0 +1,1 @@
+"""Placeholder: filled in by the model-zoo work (issue 5)."""
