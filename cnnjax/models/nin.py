@@ -1,1 +1,136 @@
-"""Placeholder: filled in by the model-zoo work (issue 5)."""
+"""Network in Network (Lin et al. 2014).
+
+An mlpconv block replaces a linear conv by a small MLP slid over the image: a `k x k` conv then
+two 1x1 convs ("cascaded cross channel parametric pooling"), each followed by ReLU. The last
+block outputs one confidence map per class and global average pooling turns the maps into the
+logits, with no dense layer: fewer parameters to overfit, and the maps are class localisations.
+
+`nin_cifar` is the CIFAR-10 network the authors released with the paper (the paper gives no layer
+table; widths from the authors' cuda-convnet/Caffe definitions, as in the Lasagne model zoo
+port): mlpconv 192-160-96 (5x5), 3x3/2 max pool, dropout 0.5, mlpconv 192-192-192 (5x5), 3x3/2
+pool, dropout 0.5, mlpconv 192-192-classes (3x3), ReLU on every layer including the last,
+global average pool: 966,986 parameters. The pools use ceil mode (Caffe's), so 32 -> 16 -> 8.
+The paper's text says every mlpconv block is followed by max pooling; the released definition
+averages in the second pool; `block_pools=("max", "avg")` (the default) follows the released
+definition and `("max", "max")` the text.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from cnnjax.errors import ConfigError, unknown_choice
+from cnnjax.layers import Conv2d, avg_pool2d, global_avg_pool, max_pool2d
+from cnnjax.models.registry import register
+
+ModuleDef = Any
+
+# (kernel, conv width, 1x1 widths) per mlpconv block; None is the class count.
+NIN_SPECS: dict[str, tuple[tuple[int, int, tuple[int | None, ...]], ...]] = {
+    "cifar": ((5, 192, (160, 96)), (5, 192, (192, 192)), (3, 192, (192, None))),
+}
+POOL_KINDS = ("max", "avg")
+
+_ceil_max_pool = functools.partial(max_pool2d, window=3, strides=2, ceil_mode=True)
+_ceil_avg_pool = functools.partial(avg_pool2d, window=3, strides=2, ceil_mode=True)
+
+
+class MlpConv(nn.Module):
+    """`k x k` conv then 1x1 convs, each followed by `act`. `(N, H, W, C) -> (N, H, W, widths[-1])`.
+
+    Attributes:
+      kernel: size of the first conv (zero padding keeps the map size).
+      widths: output channels of the first conv and of each 1x1 conv.
+      conv: convolution constructor.
+      norm: optional normalization after each conv (None in the paper).
+      act: activation.
+    """
+
+    kernel: int
+    widths: Sequence[int]
+    conv: ModuleDef = Conv2d
+    norm: ModuleDef | None = None
+    act: Callable[[jnp.ndarray], jnp.ndarray] = nn.relu
+
+    @nn.compact
+    def __call__(self, x: jnp.ndarray, train: bool = False) -> jnp.ndarray:
+        for i, width in enumerate(self.widths):
+            kernel = self.kernel if i == 0 else 1
+            name = "conv" if i == 0 else f"cccp{i}"
+            x = self.conv(features=width, kernel_size=kernel, padding=kernel // 2, name=name)(x)
+            if self.norm is not None:
+                x = self.norm(use_running_average=not train, name=f"{name}_bn")(x)
+            x = self.act(x)
+        return x
+
+
+class NiN(nn.Module):
+    """Network in Network. `(N, H, W, C)` NHWC -> `(logits (N, num_classes), intermediates)`.
+
+    Intermediates: "stem" block 1 before pooling, "stage1".."stage3" the blocks after pooling
+    (block 3 is not pooled: its `(N, H/4, W/4, num_classes)` class confidence maps), and
+    "pre_logits" those maps, which global average pooling turns into the logits.
+
+    Attributes:
+      variant: a key of `NIN_SPECS`.
+      num_classes: output units (channels of the last 1x1 conv).
+      block_pools: pooling after each block but the last: "max" (`pool`) or "avg" (`avg_pool`).
+      dropout_rate: dropout after each of those pools.
+      conv: convolution constructor.
+      norm: optional normalization after every conv (None: the paper's).
+      act: activation.
+      pool: the max pool (3x3/2, ceil mode).
+      avg_pool: the average pool (3x3/2, ceil mode).
+    """
+
+    variant: str = "cifar"
+    num_classes: int = 10
+    block_pools: Sequence[str] = ("max", "avg")
+    dropout_rate: float = 0.5
+    conv: ModuleDef = Conv2d
+    norm: ModuleDef | None = None
+    act: Callable[[jnp.ndarray], jnp.ndarray] = nn.relu
+    pool: Callable[[jnp.ndarray], jnp.ndarray] = _ceil_max_pool
+    avg_pool: Callable[[jnp.ndarray], jnp.ndarray] = _ceil_avg_pool
+
+    @nn.compact
+    def __call__(self, x: jnp.ndarray, train: bool = False):
+        if self.variant not in NIN_SPECS:
+            raise ConfigError(unknown_choice("NiN variant", self.variant, NIN_SPECS))
+        spec = NIN_SPECS[self.variant]
+        if len(self.block_pools) != len(spec) - 1:
+            raise ConfigError(
+                f"NiN block_pools needs {len(spec) - 1} entries (one per block but the last), "
+                f"got {tuple(self.block_pools)!r}"
+            )
+        for kind in self.block_pools:
+            if kind not in POOL_KINDS:
+                raise ConfigError(unknown_choice("NiN pool kind", kind, POOL_KINDS))
+        intermediates = {}
+        for i, (kernel, width, mlp) in enumerate(spec, start=1):
+            widths = (width, *(self.num_classes if w is None else w for w in mlp))
+            x = MlpConv(kernel, widths, self.conv, self.norm, self.act, name=f"block{i}")(x, train)
+            if i == 1:
+                intermediates["stem"] = x
+            if i < len(spec):
+                x = self.pool(x) if self.block_pools[i - 1] == "max" else self.avg_pool(x)
+            intermediates[f"stage{i}"] = x
+            if i < len(spec):
+                x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
+        intermediates["pre_logits"] = x
+        return global_avg_pool(x), intermediates
+
+
+register(
+    "nin_cifar",
+    NiN,
+    input_shape=(32, 32, 3),
+    num_classes=10,
+    paper="Lin et al. 2014",
+    description="Network in Network for CIFAR-10: three mlpconv blocks, global average pooling",
+)
