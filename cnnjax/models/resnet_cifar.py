@@ -3,7 +3,12 @@
 A 3x3 stem conv with 16 filters, then three stages of `n` basic blocks on 32x32, 16x16 and 8x8
 maps with 16, 32 and 64 filters, global average pooling and a 10-way dense layer: `6n + 2` layers.
 Option A shortcuts (parameter-free: stride-2 subsampling plus zero channels) as in the paper;
-option B uses 1x1 projections where the shape changes. ResNet-20 has 269,722 parameters.
+option B uses 1x1 projections where the shape changes. ResNet-20 has 269,722 parameters; the
+paper's 0.27M, 0.46M, 0.66M, 0.85M and 1.7M for depths 20-110 are these counts rounded.
+
+The "plain" networks of Sec. 4.2 (`plain20` .. `plain110`, `shortcut="none"`) are the same stacks
+without shortcuts; with option A shortcuts being parameter-free, they have the same parameters.
+The basic block is shared with the ImageNet ResNets (`cnnjax.models.resnet.BasicBlock`).
 """
 
 from __future__ import annotations
@@ -15,50 +20,20 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
-from cnnjax.errors import ConfigError
+from cnnjax.errors import ConfigError, unknown_choice
 from cnnjax.layers import BatchNorm, Conv2d, global_avg_pool
 from cnnjax.layers.conv import he_normal_fan_out
 from cnnjax.models.registry import register
+from cnnjax.models.resnet import SHORTCUTS, BasicBlock
+
+__all__ = ["BLOCKS_PER_STAGE", "PUBLISHED_ERROR", "BasicBlock", "CifarResNet"]
 
 ModuleDef = Any
 
 # Paper, Sec. 4.2: depth 6n+2 with n in {3, 5, 7, 9, 18}.
 BLOCKS_PER_STAGE = {20: 3, 32: 5, 44: 7, 56: 9, 110: 18}
 PUBLISHED_ERROR = {20: 8.75, 32: 7.51, 44: 7.17, 56: 6.97, 110: 6.43}  # Table 6, % test error
-
-
-class BasicBlock(nn.Module):
-    """Two 3x3 conv-BN layers with a shortcut: `relu(bn(conv(relu(bn(conv(x))))) + shortcut(x))`."""
-
-    features: int
-    strides: int
-    shortcut: str
-    conv: ModuleDef
-    norm: ModuleDef
-    act: Callable
-
-    @nn.compact
-    def __call__(self, x, train: bool):
-        norm = functools.partial(self.norm, use_running_average=not train)
-        y = self.conv(features=self.features, kernel_size=3, strides=self.strides, name="conv1")(x)
-        y = self.act(norm(name="bn1")(y))
-        y = self.conv(features=self.features, kernel_size=3, name="conv2")(y)
-        y = norm(name="bn2")(y)
-        if x.shape != y.shape:
-            if self.shortcut == "A":
-                x = x[:, :: self.strides, :: self.strides, :]
-                zeros = jnp.zeros((*x.shape[:3], self.features - x.shape[-1]), x.dtype)
-                x = jnp.concatenate([x, zeros], axis=-1)
-            else:
-                x = self.conv(
-                    features=self.features,
-                    kernel_size=1,
-                    strides=self.strides,
-                    padding="valid",
-                    name="proj",
-                )(x)
-                x = norm(name="proj_bn")(x)
-        return self.act(y + x)
+PUBLISHED_PARAMS_M = {20: 0.27, 32: 0.46, 44: 0.66, 56: 0.85, 110: 1.7}  # Table 6, millions
 
 
 class CifarResNet(nn.Module):
@@ -68,10 +43,12 @@ class CifarResNet(nn.Module):
       depth: 6n+2 total layers; one of `BLOCKS_PER_STAGE`.
       num_classes: output units.
       width: filters of the first stage (doubled in each later stage).
-      shortcut: "A" (zero-padded identity, the paper's CIFAR choice) or "B" (1x1 projection).
+      shortcut: "A" (zero-padded identity, the paper's CIFAR choice), "B" (1x1 projection) or
+        "none" (no shortcuts: the paper's plain baseline).
       conv: convolution constructor (injected so ablations can swap it).
       norm: normalization constructor taking `use_running_average`.
       act: activation function.
+      zero_init_residual: zero-initialize the scale of each block's last BN.
     """
 
     depth: int = 20
@@ -81,6 +58,7 @@ class CifarResNet(nn.Module):
     conv: ModuleDef = functools.partial(Conv2d, use_bias=False, kernel_init=he_normal_fan_out)
     norm: ModuleDef = BatchNorm
     act: Callable = nn.relu
+    zero_init_residual: bool = False
 
     @nn.compact
     def __call__(self, x: jnp.ndarray, train: bool = False):
@@ -89,8 +67,8 @@ class CifarResNet(nn.Module):
                 f"CIFAR ResNet depth must be 6n+2 with n in the paper's set: one of "
                 f"{sorted(BLOCKS_PER_STAGE)}, got {self.depth}"
             )
-        if self.shortcut not in ("A", "B"):
-            raise ConfigError(f"unknown shortcut {self.shortcut!r} (valid choices: A, B)")
+        if self.shortcut not in SHORTCUTS:
+            raise ConfigError(unknown_choice("shortcut", self.shortcut, SHORTCUTS))
         y = self.conv(features=self.width, kernel_size=3, name="stem_conv")(x)
         stem = self.act(self.norm(use_running_average=not train, name="stem_bn")(y))
         intermediates = {"stem": stem}
@@ -104,6 +82,7 @@ class CifarResNet(nn.Module):
                     conv=self.conv,
                     norm=self.norm,
                     act=self.act,
+                    zero_init_residual=self.zero_init_residual,
                     name=f"stage{stage + 1}_block{block + 1}",
                 )(y, train)
             intermediates[f"stage{stage + 1}"] = y
@@ -121,4 +100,12 @@ for _depth in BLOCKS_PER_STAGE:
         num_classes=10,
         paper=f"He et al. 2016 (CIFAR-10 test error {PUBLISHED_ERROR[_depth]}%)",
         description=f"CIFAR ResNet-{_depth}, option A shortcuts",
+    )
+    register(
+        f"plain{_depth}",
+        functools.partial(CifarResNet, depth=_depth, shortcut="none"),
+        input_shape=(32, 32, 3),
+        num_classes=10,
+        paper="He et al. 2016 (plain baseline, Fig. 6)",
+        description=f"CIFAR plain-{_depth}: ResNet-{_depth} without shortcuts",
     )
