@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from cnnjax import models
+from cnnjax.analysis import count_params
 from cnnjax.errors import ConfigError, ShapeError
 from cnnjax.models.resnet_cifar import BLOCKS_PER_STAGE
 
@@ -37,18 +38,120 @@ def test_registry_lists_the_foundation_models():
     assert models.list_models("resnet2*") == ["resnet20"]
 
 
+def numpy_variables(model, x):
+    """Variables with the model's exact tree and shapes, filled on the host.
+
+    `model.init` is traced (so it must work), but not compiled: compiling the random
+    initializers of a large network costs most of a minute on CPU, which the registry-wide test
+    cannot afford. Kernels get variance 1/fan_in, norms their identity, statistics (0, 1).
+    """
+    shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), x, train=False))
+    rng = np.random.default_rng(0)
+
+    def fill(path, leaf):
+        name = str(getattr(path[-1], "key", path[-1]))
+        if name in ("scale", "var", "gamma"):
+            return np.ones(leaf.shape, leaf.dtype)
+        if name in ("bias", "mean") or leaf.ndim < 2:
+            return np.zeros(leaf.shape, leaf.dtype)
+        fan_in = int(np.prod(leaf.shape[:-1]))
+        return (rng.standard_normal(leaf.shape) / np.sqrt(fan_in)).astype(leaf.dtype)
+
+    return jax.tree_util.tree_map_with_path(fill, shapes)
+
+
+def has_batch_norm(variables) -> bool:
+    return bool(jax.tree.leaves(variables.get("batch_stats", {})))
+
+
+def is_large(name: str) -> bool:
+    """ImageNet-sized models: compiling their training step costs 10-60 s each on 2 CPU cores."""
+    height, width = models.model_info(name).input_shape[:2]
+    return height * width > 64 * 64
+
+
+def cross_entropy(logits, labels):
+    return -jnp.mean(
+        jnp.sum(jax.nn.one_hot(labels, logits.shape[-1]) * jax.nn.log_softmax(logits), -1)
+    )
+
+
 @pytest.mark.parametrize("name", models.list_models())
-def test_forward_shape_intermediates_and_params(name):
+def test_every_model_traces_a_training_step_at_its_default_input(name):
+    """Init, train-mode forward and gradient, traced on abstract shapes (no compilation)."""
     info = models.model_info(name)
     model = models.create_model(name, num_classes=7)
-    x = jax.random.normal(jax.random.PRNGKey(0), (2, *info.input_shape))
-    variables = jax.jit(lambda k: model.init(k, x))(jax.random.PRNGKey(1))
-    logits, intermediates = jax.jit(lambda v: model.apply(v, x))(variables)
+    x = jax.ShapeDtypeStruct((2, *info.input_shape), jnp.float32)
+    variables = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros(x.shape)))
+    params = variables["params"]
+    state = {k: v for k, v in variables.items() if k != "params"}
+
+    def loss_fn(p, images, state):
+        (logits, features), _ = model.apply(
+            {"params": p, **state}, images, train=True, mutable=["batch_stats"],
+            rngs={"dropout": jax.random.key(2)},
+        )  # fmt: skip
+        return cross_entropy(logits, jnp.array([1, 5])), (logits, features)
+
+    (loss, (logits, features)), grads = jax.eval_shape(
+        jax.value_and_grad(loss_fn, has_aux=True), params, x, state
+    )
+    assert logits.shape == (2, 7) and loss.shape == ()
+    assert jax.tree.map(lambda g: g.shape, grads) == jax.tree.map(lambda p: p.shape, params)
+    assert {"stem", "stage1", "pre_logits"} <= set(features), sorted(features)
+    default = jax.eval_shape(
+        lambda: models.create_model(name).init(jax.random.key(0), jnp.zeros(x.shape))
+    )
+    assert count_params(default["params"]) == info.params
+    if name in EXPECTED_PARAMS:
+        assert info.params == EXPECTED_PARAMS[name]
+
+
+@pytest.mark.parametrize(
+    "name",
+    [pytest.param(n, marks=pytest.mark.slow) if is_large(n) else n for n in models.list_models()],
+)
+def test_every_model_trains_and_evaluates_at_its_default_input(name):
+    """One jitted training step and one jitted evaluation at the registered input shape.
+
+    ImageNet-sized models are marked `slow` (run them with `pytest -m slow`): their compile
+    time would take the suite past its CI budget.
+    """
+    info = models.model_info(name)
+    model = models.create_model(name, num_classes=7)
+    x = jax.random.normal(jax.random.key(0), (2, *info.input_shape))
+    labels = jnp.array([1, 5])
+    variables = numpy_variables(model, x)
+    params, state = variables["params"], {k: v for k, v in variables.items() if k != "params"}
+
+    @jax.jit
+    def train_step(params, state):
+        def loss_fn(p):
+            (logits, features), updates = model.apply(
+                {"params": p, **state}, x, train=True, mutable=["batch_stats"],
+                rngs={"dropout": jax.random.key(2)},
+            )  # fmt: skip
+            return cross_entropy(logits, labels), (logits, updates)
+
+        return jax.value_and_grad(loss_fn, has_aux=True)(params)
+
+    (loss, (train_logits, updates)), grads = train_step(params, state)
+    assert train_logits.shape == (2, 7) and np.isfinite(float(loss))
+    assert all(bool(jnp.all(jnp.isfinite(g))) for g in jax.tree.leaves(grads))
+    assert any(float(jnp.abs(g).max()) > 0 for g in jax.tree.leaves(grads))
+
+    (logits, features), eval_updates = jax.jit(
+        lambda v: model.apply(v, x, train=False, mutable=["batch_stats"])
+    )(variables)
     assert logits.shape == (2, 7) and bool(jnp.all(jnp.isfinite(logits)))
-    assert {"stem", "pre_logits"} <= set(intermediates)
-    assert intermediates["pre_logits"].shape[0] == 2
-    default = models.create_model(name).init(jax.random.PRNGKey(1), x)
-    assert sum(p.size for p in jax.tree.leaves(default["params"])) == EXPECTED_PARAMS[name]
+    assert {"stem", "stage1", "pre_logits"} <= set(features), sorted(features)
+    assert features["pre_logits"].shape[0] == 2
+    if has_batch_norm(variables):  # statistics move in training, never in evaluation
+        moved = jax.tree.map(lambda a, b: bool(jnp.any(a != b)), updates["batch_stats"],
+                             state["batch_stats"])  # fmt: skip
+        assert any(jax.tree.leaves(moved))
+        jax.tree.map(np.testing.assert_array_equal, eval_updates["batch_stats"],
+                     state["batch_stats"])  # fmt: skip
 
 
 def test_resnet20_parameter_count_is_the_papers_0_27m():
