@@ -35,7 +35,8 @@ def convertible_models() -> list[str]:
 def _to_numpy(tensor: Any) -> np.ndarray:
     if hasattr(tensor, "detach"):
         tensor = tensor.detach().cpu().numpy()
-    return np.asarray(tensor, dtype=np.float32)
+    # A copy: a view would let later in-place torch updates leak into the converted variables.
+    return np.array(tensor, dtype=np.float32, copy=True)
 
 
 class TorchReader:

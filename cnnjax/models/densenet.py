@@ -179,8 +179,8 @@ class DenseNet(nn.Module):
                                   dropout_rate=self.dropout_rate, conv=self.conv,
                                   norm=self.norm, act=self.act)  # fmt: skip
         for block, num_layers in enumerate(self.block_config, start=1):
-            # One buffer per block, filled in place: chained concatenates made XLA's compile time
-            # grow quadratically with depth (DenseNet-201's training step: 95 s instead of 50 s).
+            # One buffer per block, filled in place: with a chain of concatenates instead, XLA took
+            # twice as long to compile DenseNet-201's training step (95 s against 50 s on CPU).
             channels = y.shape[-1]
             y = jnp.pad(y, ((0, 0), (0, 0), (0, 0), (0, num_layers * self.growth_rate)))
             for index in range(1, num_layers + 1):

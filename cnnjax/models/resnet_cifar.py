@@ -106,6 +106,6 @@ for _depth in BLOCKS_PER_STAGE:
         functools.partial(CifarResNet, depth=_depth, shortcut="none"),
         input_shape=(32, 32, 3),
         num_classes=10,
-        paper="He et al. 2016 (plain baseline, Fig. 6)",
+        paper="He et al. 2016 (plain baseline, Sec. 4.2)",
         description=f"CIFAR plain-{_depth}: ResNet-{_depth} without shortcuts",
     )

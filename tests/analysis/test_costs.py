@@ -3,6 +3,7 @@
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 import pytest
 
 from cnnjax import models
@@ -47,11 +48,18 @@ def test_count_params_of_a_dense_layer():
     assert count_params(variables["params"]) == 3 * 4 + 4
 
 
-@pytest.mark.parametrize("name", models.list_models())
+def small_models():
+    return [
+        n for n in models.list_models() if np.prod(models.model_info(n).input_shape[:2]) <= 64 * 64
+    ]
+
+
+@pytest.mark.parametrize("name", small_models())
 def test_model_info_params_equal_an_actual_init(name):
+    """Compiled init is affordable for the small models; the registry tests trace the rest."""
     info = models.model_info(name)
     variables = models.create_model(name).init(
-        jax.random.key(0), jnp.zeros((1, *info.input_shape)), train=False
+        jax.random.key(0, impl="rbg"), jnp.zeros((1, *info.input_shape)), train=False
     )
     assert info.params == count_params(variables["params"]) > 0
     assert info.macs > 0

@@ -61,10 +61,11 @@ def torch_model(name):
 
 
 def compiled(fn, *args):
-    """`fn(*args)` as one program; XLA's CPU backend optimizations are skipped (they cost more
-    compile time than these small forwards save)."""
+    """`fn(*args)` as one program in full float32 (no TF32 on GPUs); XLA's CPU backend
+    optimizations are skipped (they cost more compile time than these small forwards save)."""
     options = {"xla_backend_optimization_level": 0} if jax.default_backend() == "cpu" else {}
-    return jax.jit(fn).lower(*args).compile(compiler_options=options)(*args)
+    with jax.default_matmul_precision("highest"):
+        return jax.jit(fn).lower(*args).compile(compiler_options=options)(*args)
 
 
 def images(size, batch, seed=1):
