@@ -40,10 +40,9 @@ def parse_flags(argv):
 def unknown_override(argv) -> str:
     """Names the `--config.key=value` flag whose key the config lacks, with a suggestion."""
     from cnnjax.errors import unknown_choice
-    from cnnjax.train.checkpoint import flatten
-    from cnnjax.train.config import base_config
+    from cnnjax.train.config import known_keys
 
-    known = set(flatten(base_config().to_dict()))
+    known = known_keys()
     keys = [
         a.split("=")[0].removeprefix("--config.") for a in argv[1:] if a.startswith("--config.")
     ]

@@ -68,9 +68,14 @@ def base_config() -> ml_collections.ConfigDict:
     return c
 
 
+def known_keys() -> set[str]:
+    """Dotted names of every field of `base_config()`, e.g. "optimizer.lr"."""
+    return set(flatten(base_config().to_dict()))
+
+
 def validate_config(config: ml_collections.ConfigDict) -> None:
     """Raises `ConfigError` for unknown keys or invalid values (see module docstring)."""
-    known = set(flatten(base_config().to_dict()))
+    known = known_keys()
     for key in flatten(config.to_dict()):
         if key not in known and not key.startswith("model_kwargs."):
             raise ConfigError(unknown_choice("config key", key, known))
