@@ -38,6 +38,12 @@ def fit_images(images: np.ndarray, target_shape: tuple[int, int, int], method: s
     Raises:
       ShapeError: images larger than the target with "pad", or channel counts that do not map.
     """
+    if tuple(images.shape[1:]) == tuple(target_shape):
+        return images  # already the model's shape (this is also how 1-D series pass through)
+    if images.ndim != 4 or len(target_shape) != 3:
+        raise ShapeError(
+            f"inputs of shape {images.shape[1:]} do not fit the model input {tuple(target_shape)}"
+        )
     height, width, channels = target_shape
     if method not in FIT_METHODS:
         raise ConfigError(

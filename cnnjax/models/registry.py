@@ -31,6 +31,7 @@ class ModelInfo:
       num_classes: default number of classes.
       paper: the publication the architecture comes from.
       description: one line on what this variant is.
+      loss: training objective, a key of `cnnjax.train.losses.LOSSES`.
 
     `params` and `macs` (multiply-accumulates of one image at `input_shape`, eval mode) are
     computed on first use by tracing the model on abstract shapes: no weights are allocated.
@@ -42,6 +43,7 @@ class ModelInfo:
     num_classes: int
     paper: str = ""
     description: str = ""
+    loss: str = "cross_entropy"
 
     def abstract_variables(self) -> dict:
         """Shapes and dtypes of the model's variables for one input image."""

@@ -15,6 +15,7 @@ from cnnjax.data.pipeline import FIT_METHODS
 from cnnjax.data.sources import dataset_spec
 from cnnjax.errors import ConfigError, unknown_choice
 from cnnjax.train.checkpoint import flatten
+from cnnjax.train.losses import LOSSES
 from cnnjax.train.optim import DECAY_MASKS, OPTIMIZERS, SCHEDULES
 
 
@@ -23,6 +24,8 @@ def base_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.model = "lenet5"
     c.model_kwargs = ml_collections.ConfigDict()  # overrides of the model's module fields
+    c.input_shape = ()  # model input (H, W, C) or (L, C); () = the model's default
+    c.loss = ""  # objective (cnnjax.train.losses.LOSSES); "" = the model's default
     c.dataset = "digits"
     c.data_dir = ""  # TFDS folder; "" = $TFDS_DATA_DIR, then ~/tensorflow_datasets
     c.data = ml_collections.ConfigDict(
@@ -30,6 +33,7 @@ def base_config() -> ml_collections.ConfigDict:
             train_split="train",
             eval_split="test",
             fit="",  # "pad" | "resize" to the model input; "" = the dataset's default
+            normalize=True,  # per-channel standardization of the inputs
             cache=True,  # decode the splits into memory once
             num_workers=0,  # grain worker processes (used when cache is False)
             prefetch=2,
@@ -79,7 +83,15 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     for key in flatten(config.to_dict()):
         if key not in known and not key.startswith("model_kwargs."):
             raise ConfigError(unknown_choice("config key", key, known))
+    info = models.model_info(config.model)
     models.create_model(config.model, **config.model_kwargs.to_dict())
+    if config.loss and config.loss not in LOSSES:
+        raise ConfigError(unknown_choice("loss", config.loss, LOSSES))
+    if config.input_shape and len(config.input_shape) != len(info.input_shape):
+        raise ConfigError(
+            f"input_shape {tuple(config.input_shape)} has {len(config.input_shape)} dimensions; "
+            f"model {config.model!r} takes {len(info.input_shape)} (default {info.input_shape})"
+        )
     spec = dataset_spec(config.dataset)
     checks = [
         (config.optimizer.name in OPTIMIZERS, "optimizer.name", config.optimizer.name, OPTIMIZERS),

@@ -110,7 +110,8 @@ def train_and_evaluate(
     model = models.create_model(
         config.model, num_classes=spec.num_classes, **config.model_kwargs.to_dict()
     )
-    input_shape = info.input_shape
+    input_shape = tuple(config.input_shape) or info.input_shape
+    loss = config.loss or info.loss
     fit = config.data.fit or spec.fit
     train_source = _prepare_source(config, config.data.train_split, input_shape, fit)
     eval_source = _prepare_source(config, config.data.eval_split, input_shape, fit)
@@ -120,8 +121,8 @@ def train_and_evaluate(
 
     mean, std = _channel_stats(spec, input_shape[-1])
     preprocess = Preprocess(mean, std, config.augment.crop_padding, config.augment.pad_mode,
-                            config.augment.flip)  # fmt: skip
-    train_step, eval_step = jit_steps(preprocess, config.label_smoothing)
+                            config.augment.flip, config.data.normalize)  # fmt: skip
+    train_step, eval_step = jit_steps(preprocess, config.label_smoothing, loss)
 
     os.makedirs(workdir, exist_ok=True)
     resolved = json.loads(config.to_json())

@@ -16,16 +16,22 @@ import jax.numpy as jnp
 import optax
 
 from cnnjax.data.augment import augment
+from cnnjax.train.losses import get_loss
 from cnnjax.train.state import TrainState
 
 
 @dataclasses.dataclass(frozen=True)
 class Preprocess:
-    """Turns `uint8 (N, H, W, C)` images into normalized float32 model inputs.
+    """Turns raw examples into float32 model inputs.
+
+    `uint8 (N, H, W, C)` images are scaled to [0, 1]; float inputs (e.g. `(N, L, C)` series) are
+    taken as they are. Then augmentation (images only) and per-channel normalization.
 
     Attributes:
-      mean, std: per-channel statistics of the [0, 1]-scaled training images.
+      mean, std: per-channel statistics of the scaled training inputs.
       crop_padding, pad_mode, flip: training augmentation (see `cnnjax.data.augment.augment`).
+      normalize: subtract `mean` and divide by `std` (off for models that reconstruct [0, 1]
+        pixels, such as the capsule network).
     """
 
     mean: tuple[float, ...]
@@ -33,22 +39,27 @@ class Preprocess:
     crop_padding: int = 0
     pad_mode: str = "zeros"
     flip: bool = False
+    normalize: bool = True
 
     def __call__(self, images, key=None):
-        x = images.astype(jnp.float32) / 255.0
-        if key is not None:
+        x = images.astype(jnp.float32)
+        if images.dtype == jnp.uint8:
+            x = x / 255.0
+        if key is not None and (self.crop_padding or self.flip):
             x = augment(key, x, self.crop_padding, self.pad_mode, self.flip)
+        if not self.normalize:
+            return x
         return (x - jnp.asarray(self.mean, jnp.float32)) / jnp.asarray(self.std, jnp.float32)
 
 
-def cross_entropy(logits, labels, label_smoothing: float = 0.0):
-    """Per-example softmax cross-entropy with integer labels and optional label smoothing."""
-    num_classes = logits.shape[-1]
-    targets = optax.smooth_labels(jax.nn.one_hot(labels, num_classes), label_smoothing)
-    return optax.softmax_cross_entropy(logits, targets)
-
-
-def train_step(state: TrainState, batch, *, preprocess: Preprocess, label_smoothing: float = 0.0):
+def train_step(
+    state: TrainState,
+    batch,
+    *,
+    preprocess: Preprocess,
+    label_smoothing: float = 0.0,
+    loss: str = "cross_entropy",
+):
     """One optimizer step on a batch.
 
     Args:
@@ -56,6 +67,7 @@ def train_step(state: TrainState, batch, *, preprocess: Preprocess, label_smooth
       batch: `{"image": uint8 (B, H, W, C), "label": int32 (B,)}`.
       preprocess: scaling, augmentation and normalization.
       label_smoothing: label-smoothing factor of the loss.
+      loss: name of the objective (a key of `cnnjax.train.losses.LOSSES`).
 
     Returns:
       `(new_state, {"loss", "accuracy", "grad_norm"})` with scalar float32 metrics.
@@ -63,37 +75,42 @@ def train_step(state: TrainState, batch, *, preprocess: Preprocess, label_smooth
     step_key = jax.random.fold_in(state.rng, state.step)
     augment_key, dropout_key = jax.random.split(step_key)
     images = preprocess(batch["image"], augment_key)
+    objective = get_loss(loss)
+    forward_kwargs = {"labels": batch["label"]} if objective.labels_in_forward else {}
 
     def loss_fn(params):
-        (logits, _), updates = state.apply_fn(
+        (logits, intermediates), updates = state.apply_fn(
             {"params": params, "batch_stats": state.batch_stats},
             images,
             train=True,
             mutable=["batch_stats"],
             rngs={"dropout": dropout_key},
+            **forward_kwargs,
         )
-        loss = cross_entropy(logits, batch["label"], label_smoothing).mean()
-        return loss, (logits, updates)
+        losses = objective.fn(logits, intermediates, batch["label"], images, label_smoothing)
+        return losses.mean(), (logits, updates)
 
-    (loss, (logits, updates)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    (loss_value, (logits, updates)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     state = state.apply_gradients(grads=grads, batch_stats=updates.get("batch_stats", {}))
     metrics = {
-        "loss": loss,
+        "loss": loss_value,
         "accuracy": jnp.mean(jnp.argmax(logits, -1) == batch["label"]),
         "grad_norm": optax.global_norm(grads),
     }
     return state, metrics
 
 
-def eval_step(state: TrainState, batch, *, preprocess: Preprocess):
-    """Sums over the real (mask = 1) examples of a batch: loss, correct predictions, count."""
-    logits, _ = state.apply_fn(
-        {"params": state.params, "batch_stats": state.batch_stats},
-        preprocess(batch["image"]),
-        train=False,
+def eval_step(state: TrainState, batch, *, preprocess: Preprocess, loss: str = "cross_entropy"):
+    """Sums over the real (mask = 1) examples of a batch: loss, correct predictions, count.
+
+    Models whose loss needs labels in the forward pass see none here: evaluation predicts first.
+    """
+    images = preprocess(batch["image"])
+    logits, intermediates = state.apply_fn(
+        {"params": state.params, "batch_stats": state.batch_stats}, images, train=False
     )
     mask = batch["mask"]
-    loss = cross_entropy(logits, batch["label"])
+    loss = get_loss(loss).fn(logits, intermediates, batch["label"], images, 0.0)
     correct = (jnp.argmax(logits, -1) == batch["label"]).astype(jnp.float32)
     return {
         "loss_sum": jnp.sum(loss * mask),
@@ -102,11 +119,13 @@ def eval_step(state: TrainState, batch, *, preprocess: Preprocess):
     }
 
 
-def jit_steps(preprocess: Preprocess, label_smoothing: float = 0.0):
+def jit_steps(preprocess: Preprocess, label_smoothing: float = 0.0, loss: str = "cross_entropy"):
     """Jitted `(train_step, eval_step)`; the train step donates its input state."""
     train = jax.jit(
-        functools.partial(train_step, preprocess=preprocess, label_smoothing=label_smoothing),
+        functools.partial(
+            train_step, preprocess=preprocess, label_smoothing=label_smoothing, loss=loss
+        ),
         donate_argnums=0,
     )
-    evaluate = jax.jit(functools.partial(eval_step, preprocess=preprocess))
+    evaluate = jax.jit(functools.partial(eval_step, preprocess=preprocess, loss=loss))
     return train, evaluate

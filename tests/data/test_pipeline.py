@@ -92,6 +92,13 @@ def test_fit_refuses_what_cannot_map():
         fit_images(np.zeros((1, 32, 32, 3), np.uint8), (32, 32, 1), "pad")
 
 
+def test_inputs_already_of_the_model_shape_pass_through_and_others_are_named():
+    series = np.random.default_rng(0).normal(size=(5, 64, 2)).astype(np.float32)
+    assert fit_images(series, (64, 2), "pad") is series  # 1-D windows: nothing to fit
+    with pytest.raises(ShapeError, match=r"inputs of shape \(64, 2\) do not fit .*\(32, 2\)"):
+        fit_images(series, (32, 2), "pad")
+
+
 def test_lazy_fitting_equals_eager_fitting():
     source = indexed_source(n=6, shape=(28, 28, 1))
     eager = fit_source(source, (32, 32, 1), "pad")

@@ -123,6 +123,8 @@ def test_corrupt_checkpoint_is_reported_and_kept(tmp_path, tiny_config):
         ({"augment.pad_mode": "mirror"}, "augment.pad_mode 'mirror'"),
         ({"data.eval_split": "validation"}, "data.eval_split"),
         ({"batch_size": 0}, "batch_size must be >= 1"),
+        ({"loss": "hinge"}, "unknown loss 'hinge'.*cross_entropy"),
+        ({"input_shape": (32, 32)}, r"input_shape \(32, 32\) has 2 dimensions; model 'lenet5'"),
     ],
 )
 def test_bad_configs_fail_before_any_work(tmp_path, tiny_config, overrides, match):
@@ -140,3 +142,19 @@ def test_bad_configs_fail_before_any_work(tmp_path, tiny_config, overrides, matc
     with pytest.raises(ConfigError, match=match):
         train_and_evaluate(config, str(tmp_path))
     assert not os.path.exists(tmp_path / "checkpoints")
+
+
+def test_input_shape_override_trains_the_model_at_that_size(tmp_path, tiny_config):
+    # The synthetic 32x32 images are resized to 24x24; ResNet-20 is size-agnostic.
+    config = tiny_config(model="resnet20", num_steps=4, batch_size=8, input_shape=(24, 24, 1))
+    config.data.fit = "resize"
+    config.model_kwargs.width = 4
+    seen = []
+    train_and_evaluate(config, str(tmp_path), hooks=[lambda step, state: seen.append(state)])
+    stem = seen[-1].params["stem_conv"]["kernel"]
+    assert stem.shape == (3, 3, 1, 4)
+    x = np.zeros((1, 24, 24, 1), np.float32)
+    _, features = seen[-1].apply_fn(
+        {"params": seen[-1].params, "batch_stats": seen[-1].batch_stats}, x
+    )
+    assert features["stage3"].shape == (1, 6, 6, 16)
