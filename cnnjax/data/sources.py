@@ -7,6 +7,8 @@ Three kinds:
   * `digits`: scikit-learn's 8x8 handwritten digits (1,797 real images shipped inside the wheel),
     the offline default.
   * `synthetic`: deterministic, learnable class prototypes plus noise, for tests.
+  * `price_updown`: next-step up/down windows `(64, 2)` of a simulated price-like series
+    (`cnnjax.data.series`; there is no market data offline), for 1-D CNNs.
 """
 
 from __future__ import annotations
@@ -26,8 +28,8 @@ class DatasetSpec:
 
     Attributes:
       name: config name.
-      kind: "tfds", "digits" or "synthetic".
-      image_shape: `(H, W, C)` as stored.
+      kind: "tfds", "digits", "synthetic" or "series".
+      image_shape: `(H, W, C)` as stored (`(L, C)` for series).
       num_classes: number of labels.
       mean, std: per-channel statistics of the training images scaled to [0, 1].
       splits: split names accepted (TFDS slicing such as "train[:90%]" also works for TFDS data).
@@ -68,6 +70,15 @@ DATASETS: dict[str, DatasetSpec] = {
             (0.2860,),
             (0.3530,),
             tfds_name="fashion_mnist:3.0.1",
+        ),
+        DatasetSpec(
+            "price_updown",
+            "series",
+            (64, 2),
+            2,
+            mean=(-0.0003, 0.1455),  # = cnnjax.data.series.SERIES_STATS (a test checks)
+            std=(1.0437, 0.3745),
+            note="synthetic price-like series (cnnjax.data.series), not market data",
         ),
         DatasetSpec("cifar10", "tfds", (32, 32, 3), 10, tfds_name="cifar10:3.0.2", **_CIFAR_STATS),
         DatasetSpec(
@@ -141,6 +152,10 @@ def load_source(name: str, split: str, data_dir: str | None = None, seed: int = 
         return _digits(split)
     if spec.kind == "synthetic":
         return synthetic(split, spec.image_shape, spec.num_classes, seed)
+    if spec.kind == "series":
+        from cnnjax.data.series import load_price_updown  # series.py imports this module
+
+        return load_price_updown(split)  # one fixed path: every training seed sees the same data
     return _tfds_source(spec, split, resolve_data_dir(data_dir))
 
 

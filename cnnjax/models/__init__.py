@@ -3,6 +3,7 @@
 # Importing a family registers its models (and its torchvision converter, if any).
 from cnnjax.models import (  # noqa: F401
     alexnet,
+    capsnet,
     convnext,
     densenet,
     googlenet,
@@ -13,6 +14,7 @@ from cnnjax.models import (  # noqa: F401
     nin,
     resnet,
     resnet_cifar,
+    timeseries,
     vgg,
 )
 from cnnjax.models.registry import ModelInfo, create_model, list_models, model_info, register

@@ -75,3 +75,14 @@ def test_offline_tfds_statistics_match_the_spec(tfds_dir, name):
     flat = images.reshape(-1, images.shape[-1]) / 255.0
     np.testing.assert_allclose(flat.mean(0), spec.mean, atol=3e-3)
     np.testing.assert_allclose(flat.std(0), spec.std, atol=3e-3)
+
+
+def test_price_updown_is_the_series_dataset_with_its_measured_statistics():
+    from cnnjax.data.series import SERIES_STATS
+
+    spec = dataset_spec("price_updown")
+    assert (spec.mean, spec.std) == (SERIES_STATS["mean"], SERIES_STATS["std"])
+    source = load_source("price_updown", "test")
+    example = source[0]
+    assert example["image"].shape == spec.image_shape and example["image"].dtype == np.float32
+    assert set(np.unique(source.labels)) == {0, 1}
