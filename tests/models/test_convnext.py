@@ -14,6 +14,7 @@ from cnnjax import models
 from cnnjax.errors import ConfigError
 from cnnjax.layers import BatchNorm, LayerNorm, make_conv
 from cnnjax.models.convnext import CONVNEXT_SPECS, PUBLISHED, ConvNeXtBlock, drop_path_rates
+from tests.models.helpers import host_variables
 
 # Two blocks in stage 1, one elsewhere, narrow: compiles in seconds on CPU.
 SMALL = dict(depths=(2, 1, 1, 1), dims=(8, 16, 24, 32))
@@ -28,27 +29,6 @@ def convnext_params(depths, dims, classes=1000):
             total += 2 * dims[stage - 1] + 4 * dims[stage - 1] * c + c
         total += depth * ((49 + 1) * c + 2 * c + (c + 1) * 4 * c + (4 * c + 1) * c + c)
     return total + 2 * dims[-1] + (dims[-1] + 1) * classes
-
-
-def init(model, x, seed=0, **kwargs):
-    """Variables of `model` filled from numpy (random init through `model.init` compiles for
-    many seconds on CPU): 1/sqrt(fan-in) kernels, unit norm scales and variances, layer scale 0.5
-    so the residual branches matter."""
-    shapes = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), x, **kwargs))
-    rng = np.random.default_rng(seed)
-
-    def fill(path, leaf):
-        name = jax.tree_util.keystr(path)
-        if "kernel" in name:
-            fan_in = int(np.prod(leaf.shape[:-1]))
-            return jnp.asarray(rng.normal(0, np.sqrt(1 / fan_in), leaf.shape), jnp.float32)
-        if "gamma" in name:
-            return jnp.full(leaf.shape, 0.5, jnp.float32)
-        if "scale" in name or "'var'" in name:
-            return jnp.ones(leaf.shape, jnp.float32)
-        return jnp.zeros(leaf.shape, jnp.float32)
-
-    return jax.tree_util.tree_map_with_path(fill, shapes)
 
 
 def images(size=64, batch=2, seed=0):
@@ -74,7 +54,7 @@ def test_torchvision_parameter_counts():
 def test_stage_shapes_and_pre_logits():
     model = models.create_model("convnext_tiny", num_classes=5, **SMALL)
     x = images()
-    variables = init(model, x)
+    variables = host_variables(model, x, layer_scale=0.5)
     logits, inter = jax.jit(lambda v: model.apply(v, x))(variables)
     assert logits.shape == (2, 5)
     assert inter["stem"].shape == (2, 16, 16, 8)
@@ -110,7 +90,7 @@ def make_block(drop_path, layer_scale_init=1.0):
 def test_drop_path_drops_whole_samples_in_training_only():
     block = make_block(drop_path=0.5)
     x = jax.random.normal(jax.random.PRNGKey(0), (32, 4, 4, 8))
-    variables = init(block, x, train=False)
+    variables = host_variables(block, x, layer_scale=0.5, train=False)
     out = jax.jit(lambda v, k: block.apply(v, x, train=True, rngs={"dropout": k}))(
         variables, jax.random.PRNGKey(3)
     )
@@ -165,7 +145,7 @@ def test_injected_act_conv_and_norm_are_used():
     assert n(base) - n(no_bias) == sum(dims) + sum(d * c for d, c in zip(depths, dims, strict=True))
     # The ConvNeXt paper's BN ablation: a BatchNorm norm gets batch statistics and a train flag.
     model = models.create_model("convnext_tiny", norm=BatchNorm, drop_path_rate=0.0, **SMALL)
-    variables = init(model, x)
+    variables = host_variables(model, x, layer_scale=0.5)
     assert "stage1_block1" in variables["batch_stats"] and "stem_norm" in variables["batch_stats"]
     _, updates = jax.jit(lambda v: model.apply(v, x, train=True, mutable=["batch_stats"]))(
         variables

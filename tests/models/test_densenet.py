@@ -13,6 +13,7 @@ from cnnjax import models
 from cnnjax.errors import ConfigError
 from cnnjax.layers import Conv2d
 from cnnjax.models.densenet import DENSENET_SPECS, DenseNet
+from tests.models.helpers import abstract_apply, compiled, n_params
 
 # torchvision.models.densenetXXX(weights=None), 1000 classes (also checked live in the parity test).
 TORCHVISION_PARAMS = {121: 7_978_856, 161: 28_681_000, 169: 14_149_480, 201: 20_013_928}
@@ -40,28 +41,6 @@ def densenet_params(growth_rate, block_config, num_init_features, bn_size=4, com
             total += 2 * c + c * out
             c = out
     return total + 2 * c + c * num_classes + num_classes
-
-
-def abstract_apply(model, shape, **kwargs):
-    """Outputs and variables of `model` as shapes, without computing anything."""
-    x = jax.ShapeDtypeStruct(shape, jnp.float32)
-
-    def run(images):
-        variables = model.init(jax.random.key(0), images)
-        return model.apply(variables, images, **kwargs), variables
-
-    return jax.eval_shape(run, x)
-
-
-def n_params(tree):
-    return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(tree))
-
-
-def compiled(fn, *args):
-    """`fn(*args)` as one program; XLA's CPU backend optimizations are skipped (they cost more
-    compile time than these tiny forwards save)."""
-    options = {"xla_backend_optimization_level": 0} if jax.default_backend() == "cpu" else {}
-    return jax.jit(fn).lower(*args).compile(compiler_options=options)(*args)
 
 
 @pytest.mark.parametrize("depth", sorted(DENSENET_SPECS))

@@ -20,10 +20,7 @@ from cnnjax.models.mobilenet import (
     InvertedResidual,
     make_divisible,
 )
-
-
-def n_params(variables):
-    return sum(int(np.prod(p.shape)) for p in jax.tree.leaves(variables["params"]))
+from tests.models.helpers import host_variables, n_params
 
 
 def v1_params(alpha, classes=1000):
@@ -46,27 +43,6 @@ def macs_at(name, size, **fields):
     return count_macs(lambda v, images: model.apply(v, images), variables, x)
 
 
-def init(model, x, seed=0, **kwargs):
-    """Variables of `model` filled from numpy: He-scaled kernels, unit BN scale and variance.
-
-    Random initialization through `model.init` compiles for ~15 s on CPU; tracing the shapes
-    and filling them in here takes under a second, and every test below only needs sane values.
-    """
-    shapes = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), x, **kwargs))
-    rng = np.random.default_rng(seed)
-
-    def fill(path, leaf):
-        name = jax.tree_util.keystr(path)
-        if "kernel" in name:
-            fan_in = int(np.prod(leaf.shape[:-1]))
-            return jnp.asarray(rng.normal(0, np.sqrt(2 / fan_in), leaf.shape), jnp.float32)
-        if "scale" in name or "'var'" in name:
-            return jnp.ones(leaf.shape, jnp.float32)
-        return jnp.zeros(leaf.shape, jnp.float32)
-
-    return jax.tree_util.tree_map_with_path(fill, shapes)
-
-
 def apply(model, variables, x, **kwargs):
     return jax.jit(lambda v, x: model.apply(v, x, **kwargs))(variables, x)
 
@@ -79,7 +55,7 @@ def tiny_input(size=64, batch=2, seed=0):
 def test_v1_params_and_macs_match_the_paper(alpha):
     model = models.create_model("mobilenet_v1", alpha=alpha)
     x = jnp.zeros((1, 224, 224, 3))
-    params = n_params(jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), x)))
+    params = n_params(jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), x))["params"])
     assert params == v1_params(alpha)
     paper_macs, paper_params = V1_PUBLISHED[(alpha, 224)]
     # Table 6 rounds to 0.1M params; mult-adds within 0.5% (we count the classifier's 1.0M too,
@@ -128,7 +104,7 @@ def test_make_divisible_rounds_like_the_reference_code():
 def test_v1_intermediates_halve_the_resolution_per_stage():
     model = models.create_model("mobilenet_v1", alpha=0.25, num_classes=5)
     x = tiny_input()
-    logits, inter = apply(model, init(model, x), x)
+    logits, inter = apply(model, host_variables(model, x, gain=2.0), x)
     assert logits.shape == (2, 5)
     assert inter["stem"].shape == (2, 32, 32, 8)
     sizes = [inter[f"stage{s}"].shape[1:] for s in range(1, 6)]
@@ -139,7 +115,7 @@ def test_v1_intermediates_halve_the_resolution_per_stage():
 def test_v2_intermediates_follow_the_spec_rows():
     model = models.create_model("mobilenet_v2_050", num_classes=3)
     x = tiny_input()
-    logits, inter = apply(model, init(model, x), x)
+    logits, inter = apply(model, host_variables(model, x, gain=2.0), x)
     assert logits.shape == (2, 3)
     assert inter["stem"].shape == (2, 32, 32, 16)
     got = [inter[f"stage{s}"].shape[1:] for s in range(1, 8)]
@@ -159,7 +135,7 @@ def test_inverted_residual_adds_its_input_only_when_shapes_allow():
 
     def silence_branch(module):
         # Zero scale and shift of the projection BN: the residual branch outputs exactly 0.
-        variables = init(module, x, train=False)
+        variables = host_variables(module, x, gain=2.0, train=False)
         zero = lambda path, v: jnp.zeros_like(v) if "project_bn" in str(path) else v  # noqa: E731
         return apply(module, jax.tree_util.tree_map_with_path(zero, variables), x, train=False)
 
@@ -178,7 +154,7 @@ def test_injected_conv_norm_and_act_are_used():
         return nn.relu(y)
 
     base = models.create_model("mobilenet_v1", alpha=0.25, num_classes=4)
-    n_base = n_params(jax.eval_shape(lambda: base.init(jax.random.PRNGKey(0), x)))
+    n_base = n_params(jax.eval_shape(lambda: base.init(jax.random.PRNGKey(0), x))["params"])
     model = models.create_model(
         "mobilenet_v1", alpha=0.25, num_classes=4, act=counting_relu,
         conv=make_conv(use_bias=True), depthwise_conv=make_conv("depthwise", use_bias=True),
@@ -189,7 +165,7 @@ def test_injected_conv_norm_and_act_are_used():
     assert "batch_stats" not in variables  # LayerNorm replaced every BatchNorm
     # Biases: one per output channel of the stem, every depthwise and every pointwise conv.
     widths = [8] + [max(int(f * 0.25), 8) for stage in V1_STAGES for f, _ in stage]
-    assert n_params(variables) - n_base == widths[0] + sum(widths[:-1]) + sum(widths[1:])
+    assert n_params(variables["params"]) - n_base == widths[0] + sum(widths[:-1]) + sum(widths[1:])
 
     calls.clear()
     v2 = models.create_model("mobilenet_v2_050", act=counting_relu)
@@ -202,7 +178,7 @@ def test_relu6_changes_large_activations_only():
     x = tiny_input(32, 1) * 50
     relu = models.create_model("mobilenet_v1", alpha=0.25)
     relu6 = models.create_model("mobilenet_v1", alpha=0.25, act=jax.nn.relu6)
-    variables = init(relu, x)
+    variables = host_variables(relu, x, gain=2.0)
     stem = apply(relu, variables, x)[1]["stem"]
     stem6 = apply(relu6, variables, x)[1]["stem"]
     assert float(stem.max()) > 6.0 and float(stem6.max()) == 6.0
@@ -214,7 +190,7 @@ def test_training_mode_uses_dropout_and_updates_batch_stats():
         "mobilenet_v2", num_classes=10, dropout_rate=0.5, spec=((1, 16, 1, 1), (6, 24, 2, 2))
     )
     x = tiny_input(32, 4)
-    variables = init(model, x)
+    variables = host_variables(model, x, gain=2.0)
     rngs = {"dropout": jax.random.PRNGKey(1)}
     (train_a, _), updates = jax.jit(
         lambda v: model.apply(v, x, train=True, mutable=["batch_stats"], rngs=rngs)

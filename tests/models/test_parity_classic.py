@@ -16,6 +16,7 @@ import pytest
 
 from cnnjax import models
 from cnnjax.models.convert import convertible_models, from_torch
+from tests.models.helpers import randomize_batch_norm
 
 torch = pytest.importorskip("torch")
 torchvision = pytest.importorskip("torchvision")
@@ -32,17 +33,6 @@ CASES = [
     ("vgg19", 32),
     ("vgg19_bn", 32),
 ]
-
-
-def randomize_batch_norm(module):
-    """Non-trivial running statistics and affine parameters in every BatchNorm2d."""
-    with torch.no_grad():
-        for layer in module.modules():
-            if isinstance(layer, torch.nn.BatchNorm2d):
-                layer.running_mean.normal_(0.0, 0.2)
-                layer.running_var.uniform_(0.5, 2.0)
-                layer.weight.uniform_(0.5, 1.5)
-                layer.bias.normal_(0.0, 0.2)
 
 
 def test_every_torchvision_classic_has_a_converter():

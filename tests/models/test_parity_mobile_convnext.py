@@ -15,6 +15,7 @@ import pytest
 from cnnjax import models
 from cnnjax.errors import CheckpointError
 from cnnjax.models.convert import from_torch
+from tests.models.helpers import randomize_batch_norm, relative_error
 
 torch = pytest.importorskip("torch")
 torchvision = pytest.importorskip("torchvision")
@@ -35,20 +36,12 @@ def torch_model(name, seed=0):
     torch.manual_seed(seed)
     ctor, kwargs, _, _ = CASES[name]
     model = getattr(torchvision.models, ctor)(weights=None, **kwargs).eval()
+    randomize_batch_norm(model)
     with torch.no_grad():
         for module in model.modules():
-            if isinstance(module, torch.nn.BatchNorm2d):
-                module.running_mean.normal_(0.0, 0.2)
-                module.running_var.uniform_(0.5, 2.0)
-                module.weight.uniform_(0.5, 1.5)
-                module.bias.normal_(0.0, 0.2)
             if hasattr(module, "layer_scale"):
                 module.layer_scale.normal_(0.0, 0.5)
     return model
-
-
-def relative_error(ours, theirs):
-    return float(np.max(np.abs(np.asarray(ours) - theirs)) / np.max(np.abs(theirs)))
 
 
 def run_ours(name, variables, x_nchw, train=False, **fields):

@@ -19,6 +19,7 @@ torchvision = pytest.importorskip("torchvision")
 from cnnjax import models  # noqa: E402
 from cnnjax.errors import CheckpointError  # noqa: E402
 from cnnjax.models.convert import from_torch  # noqa: E402
+from tests.models.helpers import compiled, randomize_batch_norm, relative_error  # noqa: E402
 
 # (model, input size, batch)
 CASES = [
@@ -49,33 +50,14 @@ def one_torch_thread():
 def torch_model(name):
     torch.manual_seed(0)
     model = getattr(torchvision.models, name)(weights=None).eval()
-    # BN statistics other than (0, 1) so a swapped mean/var or a wrong eps shows.
-    with torch.no_grad():
-        for module in model.modules():
-            if isinstance(module, torch.nn.BatchNorm2d):
-                module.running_mean.uniform_(-0.1, 0.1)
-                module.running_var.uniform_(0.5, 1.5)
-                module.weight.uniform_(0.5, 1.5)
-                module.bias.uniform_(-0.1, 0.1)
+    randomize_batch_norm(model)
     return model
-
-
-def compiled(fn, *args):
-    """`fn(*args)` as one program in full float32 (no TF32 on GPUs); XLA's CPU backend
-    optimizations are skipped (they cost more compile time than these small forwards save)."""
-    options = {"xla_backend_optimization_level": 0} if jax.default_backend() == "cpu" else {}
-    with jax.default_matmul_precision("highest"):
-        return jax.jit(fn).lower(*args).compile(compiler_options=options)(*args)
 
 
 def images(size, batch, seed=1):
     torch.manual_seed(seed)
     x = torch.randn(batch, 3, size, size)
     return x, jnp.asarray(x.numpy().transpose(0, 2, 3, 1))
-
-
-def relative_error(ours, theirs):
-    return float(np.abs(np.asarray(ours) - theirs).max() / np.abs(theirs).max())
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -91,7 +73,7 @@ def test_eval_logits_match_torchvision(name, size, batch):
     with torch.no_grad():
         expected = reference(x_torch).numpy()
     variables = from_torch(name, reference.state_dict())
-    logits, _ = compiled(models.create_model(name).apply, variables, x)
+    logits, _ = compiled(models.create_model(name).apply, variables, x, highest_precision=True)
     assert logits.shape == expected.shape == (batch, 1000)
     assert relative_error(logits, expected) <= 1e-4
 
@@ -105,7 +87,9 @@ def test_train_mode_logits_and_batch_statistics_match_torchvision():
     variables = from_torch("resnet18", state)
     model = models.create_model("resnet18")
     train = functools.partial(model.apply, train=True, mutable=["batch_stats"])
-    (logits, _), updates = jax.block_until_ready(compiled(train, variables, x))
+    (logits, _), updates = jax.block_until_ready(
+        compiled(train, variables, x, highest_precision=True)
+    )
     reference.train()
     try:
         with torch.no_grad():

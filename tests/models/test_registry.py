@@ -9,6 +9,7 @@ from cnnjax import models
 from cnnjax.analysis import count_params
 from cnnjax.errors import ConfigError, ShapeError
 from cnnjax.models.resnet_cifar import BLOCKS_PER_STAGE
+from tests.models.helpers import host_variables
 
 
 def lenet5_params(classes=10):
@@ -36,28 +37,6 @@ EXPECTED_PARAMS.update({f"resnet{d}": cifar_resnet_params(n) for d, n in BLOCKS_
 def test_registry_lists_the_foundation_models():
     assert {"lenet5", "lenet5_classic", "resnet20", "resnet110"} <= set(models.list_models())
     assert models.list_models("resnet2*") == ["resnet20"]
-
-
-def numpy_variables(model, x):
-    """Variables with the model's exact tree and shapes, filled on the host.
-
-    `model.init` is traced (so it must work), but not compiled: compiling the random
-    initializers of a large network costs most of a minute on CPU, which the registry-wide test
-    cannot afford. Kernels get variance 1/fan_in, norms their identity, statistics (0, 1).
-    """
-    shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), x, train=False))
-    rng = np.random.default_rng(0)
-
-    def fill(path, leaf):
-        name = str(getattr(path[-1], "key", path[-1]))
-        if name in ("scale", "var", "gamma"):
-            return np.ones(leaf.shape, leaf.dtype)
-        if name in ("bias", "mean") or leaf.ndim < 2:
-            return np.zeros(leaf.shape, leaf.dtype)
-        fan_in = int(np.prod(leaf.shape[:-1]))
-        return (rng.standard_normal(leaf.shape) / np.sqrt(fan_in)).astype(leaf.dtype)
-
-    return jax.tree_util.tree_map_with_path(fill, shapes)
 
 
 def has_batch_norm(variables) -> bool:
@@ -121,7 +100,7 @@ def test_every_model_trains_and_evaluates_at_its_default_input(name):
     model = models.create_model(name, num_classes=7)
     x = jax.random.normal(jax.random.key(0), (2, *info.input_shape))
     labels = jnp.array([1, 5])
-    variables = numpy_variables(model, x)
+    variables = host_variables(model, x, train=False)
     params, state = variables["params"], {k: v for k, v in variables.items() if k != "params"}
 
     @jax.jit

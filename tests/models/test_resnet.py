@@ -13,6 +13,7 @@ from cnnjax.errors import ConfigError
 from cnnjax.layers import BatchNorm, Conv2d
 from cnnjax.models.resnet import RESNET_SPECS, BasicBlock, Bottleneck, ResNet
 from cnnjax.models.resnet_cifar import BLOCKS_PER_STAGE, PUBLISHED_PARAMS_M
+from tests.models.helpers import abstract_apply, compiled, n_params
 
 # torchvision.models.resnetXX(weights=None), 1000 classes (also checked live in the parity test).
 TORCHVISION_PARAMS = {
@@ -45,33 +46,10 @@ def imagenet_resnet_params(depth, classes=1000, width=64):
     return total + c_in * classes + classes
 
 
-def n_params(tree):
-    return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(tree))
-
-
-def compiled(fn, *args):
-    """`fn(*args)` compiled as one program: op by op, each initializer shape compiles on its own
-    (seconds per model). XLA's CPU backend optimizations are skipped: they cost more compile
-    time than these tiny forwards save."""
-    options = {"xla_backend_optimization_level": 0} if jax.default_backend() == "cpu" else {}
-    return jax.jit(fn).lower(*args).compile(compiler_options=options)(*args)
-
-
 def init_apply(model, x, **kwargs):
     """Variables and outputs of `model` on `x`."""
     variables = compiled(model.init, jax.random.key(1), x)
     return variables, compiled(functools.partial(model.apply, **kwargs), variables, x)
-
-
-def abstract_apply(model, shape, **kwargs):
-    """Output shapes of `model` (and its variables) without computing anything."""
-    x = jax.ShapeDtypeStruct(shape, jnp.float32)
-
-    def run(images):
-        variables = model.init(jax.random.key(0), images)
-        return model.apply(variables, images, **kwargs), variables
-
-    return jax.eval_shape(run, x)
 
 
 @pytest.mark.parametrize("depth", sorted(RESNET_SPECS))
