@@ -5,6 +5,7 @@ import re
 
 import pytest
 
+from cnnjax import models
 from cnnjax.train.config import validate_config
 from tests.conftest import ROOT
 
@@ -12,11 +13,15 @@ CONFIG_FILES = sorted((ROOT / "configs").glob("*.py"))
 README = (ROOT / "README.md").read_text()
 
 
-def load_config(path, arg=None):
+def load_module(path):
     spec = importlib.util.spec_from_file_location(path.stem, path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    return module.get_config(arg)
+    return module
+
+
+def load_config(path, arg=None):
+    return load_module(path).get_config(arg)
 
 
 def config_args(path):
@@ -49,3 +54,17 @@ def test_readme_starts_with_the_two_commands_and_ci_runs_the_second():
 def test_readme_commands_name_existing_configs():
     for name in re.findall(r"--config=configs/(\w+)\.py", README):
         assert (ROOT / "configs" / f"{name}.py").exists(), name
+
+
+def model_file(name):
+    """The module defining a registered model (its architecture family)."""
+    constructor = models.model_info(name).constructor
+    return getattr(constructor, "func", constructor).__module__
+
+
+def test_every_model_family_has_a_validating_smoke_config():
+    smoke = load_module(ROOT / "configs" / "smoke.py")
+    for name in smoke.SMOKE:
+        validate_config(smoke.get_config(name))
+    families = {model_file(name) for name in models.list_models()}
+    assert families == {model_file(name) for name in smoke.SMOKE}

@@ -1,0 +1,74 @@
+"""Smoke training: every architecture of the zoo learns on real data in a few minutes of CPU.
+
+  python -m cnnjax.main --config=configs/smoke.py:resnet50 --workdir=runs/smoke/resnet50
+  python experiments/smoke_zoo.py --out=experiments/results/smoke_zoo   # all of them, in turn
+
+The argument is a model name from `SMOKE` (default: lenet5_classic). These runs check that an
+architecture trains (loss falls, test accuracy far above chance, no divergence); they are not
+recipes for good accuracy. "Small configs for the big ones": ImageNet models train on CIFAR-10
+(the JPEG q75 copy) at 32x32, or at the smallest size their downsampling allows (AlexNet/ZFNet
+64x64, Inception v3 75x75), for 300 steps of 32 images (a fifth of an epoch). Measured results:
+README "Model zoo" and experiments/results/smoke_zoo.md.
+"""
+
+from cnnjax.errors import ConfigError, unknown_choice
+from cnnjax.train.config import base_config
+
+_CIFAR = dict(dataset="cifar10_jpeg", num_steps=300, batch_size=32, lr=1e-3)
+_CIFAR_UP = dict(_CIFAR, fit="resize")  # upsampled to what the ImageNet stem needs
+_MNIST = dict(dataset="mnist", num_steps=300, batch_size=64, lr=1e-3)
+
+# model -> overrides of the common recipe (Adam, 5% warmup, cosine decay).
+SMOKE: dict[str, dict] = {
+    "lenet5_classic": dict(_MNIST),
+    "lenet5_1998": dict(_MNIST),
+    "lenet300_100": dict(_MNIST),
+    "highway_mlp": dict(_MNIST),
+    "capsnet": dict(_MNIST, normalize=False),
+    "alexnet": dict(_CIFAR_UP, input_shape=(64, 64, 3), lr=2e-4),
+    "alexnet_lrn": dict(_CIFAR_UP, input_shape=(64, 64, 3), lr=2e-4),
+    "zfnet": dict(_CIFAR_UP, input_shape=(64, 64, 3), lr=2e-4),
+    "vgg11_bn": dict(_CIFAR, input_shape=(32, 32, 3), lr=2e-4),
+    "vgg16_cifar": dict(_CIFAR),
+    "nin_cifar": dict(_CIFAR),
+    "googlenet": dict(_CIFAR, input_shape=(32, 32, 3)),
+    "bn_inception": dict(_CIFAR, input_shape=(32, 32, 3)),
+    "inception_v3": dict(_CIFAR_UP, input_shape=(75, 75, 3)),
+    "highway_cifar": dict(_CIFAR),
+    "resnet18": dict(_CIFAR, input_shape=(32, 32, 3)),
+    "resnet50": dict(_CIFAR, input_shape=(32, 32, 3)),
+    "resnet20": dict(_CIFAR),
+    "plain20": dict(_CIFAR),
+    "densenet121": dict(_CIFAR, input_shape=(32, 32, 3)),
+    "densenet_bc_100": dict(_CIFAR),
+    "mobilenet_v1": dict(_CIFAR, input_shape=(32, 32, 3)),
+    "mobilenet_v2": dict(_CIFAR, input_shape=(32, 32, 3)),
+    "convnext_tiny": dict(_CIFAR, input_shape=(32, 32, 3)),
+    "cnn1d": dict(dataset="price_updown", num_steps=300, batch_size=128, lr=3e-3),
+    "tcn1d": dict(dataset="price_updown", num_steps=300, batch_size=128, lr=3e-3),
+}
+
+
+def get_config(arg=None):
+    name = arg or "lenet5_classic"
+    if name not in SMOKE:
+        raise ConfigError(unknown_choice("smoke model", name, SMOKE))
+    recipe = SMOKE[name]
+    c = base_config()
+    c.model = name
+    c.dataset = recipe["dataset"]
+    c.input_shape = recipe.get("input_shape", ())
+    c.data.fit = recipe.get("fit", "")
+    c.data.normalize = recipe.get("normalize", True)
+    c.data.cache = False  # read (and resize) only the examples the few hundred steps use
+    c.batch_size = recipe["batch_size"]
+    c.num_steps = recipe["num_steps"]
+    c.optimizer.name = "adam"
+    c.optimizer.lr = recipe["lr"]
+    c.schedule.name = "cosine"
+    c.schedule.warmup_steps = c.num_steps // 20
+    c.log_every = 50
+    c.eval_every = 0
+    c.checkpoint_every = c.num_steps
+    c.keep_checkpoints = 1
+    return c
