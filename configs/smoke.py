@@ -17,6 +17,9 @@ from cnnjax.train.config import base_config
 _CIFAR = dict(dataset="cifar10_jpeg", num_steps=300, batch_size=32, lr=1e-3)
 _CIFAR_UP = dict(_CIFAR, fit="resize")  # upsampled to what the ImageNet stem needs
 _MNIST = dict(dataset="mnist", num_steps=300, batch_size=64, lr=1e-3)
+# Up/down has 50% chance and a ~64% ceiling (an oracle that knows the hidden regime): "learns"
+# means beating chance by 5 points, not doubling it. experiments/smoke_zoo.py reads min_accuracy.
+_SERIES = dict(dataset="price_updown", num_steps=300, batch_size=128, lr=3e-3, min_accuracy=0.55)
 
 # model -> overrides of the common recipe (Adam, 5% warmup, cosine decay).
 SMOKE: dict[str, dict] = {
@@ -24,7 +27,7 @@ SMOKE: dict[str, dict] = {
     "lenet5_1998": dict(_MNIST),
     "lenet300_100": dict(_MNIST),
     "highway_mlp": dict(_MNIST),
-    "capsnet": dict(_MNIST, normalize=False),
+    "capsnet": dict(_MNIST, normalize=False, batch_size=32),
     "alexnet": dict(_CIFAR_UP, input_shape=(64, 64, 3), lr=2e-4),
     "alexnet_lrn": dict(_CIFAR_UP, input_shape=(64, 64, 3), lr=2e-4),
     "zfnet": dict(_CIFAR_UP, input_shape=(64, 64, 3), lr=2e-4),
@@ -44,8 +47,8 @@ SMOKE: dict[str, dict] = {
     "mobilenet_v1": dict(_CIFAR, input_shape=(32, 32, 3)),
     "mobilenet_v2": dict(_CIFAR, input_shape=(32, 32, 3)),
     "convnext_tiny": dict(_CIFAR, input_shape=(32, 32, 3)),
-    "cnn1d": dict(dataset="price_updown", num_steps=300, batch_size=128, lr=3e-3),
-    "tcn1d": dict(dataset="price_updown", num_steps=300, batch_size=128, lr=3e-3),
+    "cnn1d": dict(_SERIES),
+    "tcn1d": dict(_SERIES),
 }
 
 

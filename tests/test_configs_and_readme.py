@@ -1,6 +1,7 @@
 """Every shipped config loads and validates; the README's commands are the ones CI runs."""
 
 import importlib.util
+import json
 import re
 
 import pytest
@@ -68,3 +69,19 @@ def test_every_model_family_has_a_validating_smoke_config():
         validate_config(smoke.get_config(name))
     families = {model_file(name) for name in models.list_models()}
     assert families == {model_file(name) for name in smoke.SMOKE}
+
+
+def test_readme_smoke_accuracies_are_the_recorded_runs():
+    records_path = ROOT / "experiments" / "results" / "smoke_zoo.jsonl"
+    quoted = re.findall(r"(\d+\.\d+)% \(smoke `(\w+)`\)", README)
+    if not records_path.exists():
+        assert not quoted, "README quotes smoke results but the records file is missing"
+        return
+    records = {}
+    for line in records_path.read_text().splitlines():
+        record = json.loads(line)
+        records[record["model"]] = record
+    assert quoted
+    for value, name in quoted:
+        assert name in records, name
+        assert value == f"{100 * records[name]['test_accuracy']:.2f}", name
