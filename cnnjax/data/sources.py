@@ -76,7 +76,7 @@ DATASETS: dict[str, DatasetSpec] = {
             "series",
             (64, 2),
             2,
-            mean=(-0.0003, 0.1455),  # = cnnjax.data.series.SERIES_STATS (a test checks)
+            mean=(-0.0003, 0.1455),  # of the train features; tests/data/test_series.py re-measures
             std=(1.0437, 0.3745),
             note="synthetic price-like series (cnnjax.data.series), not market data",
         ),

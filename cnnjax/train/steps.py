@@ -110,10 +110,10 @@ def eval_step(state: TrainState, batch, *, preprocess: Preprocess, loss: str = "
         {"params": state.params, "batch_stats": state.batch_stats}, images, train=False
     )
     mask = batch["mask"]
-    loss = get_loss(loss).fn(logits, intermediates, batch["label"], images, 0.0)
+    losses = get_loss(loss).fn(logits, intermediates, batch["label"], images, 0.0)
     correct = (jnp.argmax(logits, -1) == batch["label"]).astype(jnp.float32)
     return {
-        "loss_sum": jnp.sum(loss * mask),
+        "loss_sum": jnp.sum(losses * mask),
         "correct": jnp.sum(correct * mask),
         "count": jnp.sum(mask),
     }
