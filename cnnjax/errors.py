@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import difflib
 import os
+import sys
 from collections.abc import Iterable
 
 
@@ -56,3 +57,9 @@ def unknown_choice(what: str, value: object, choices: Iterable[str]) -> str:
         best = max(close, key=lambda c: len(os.path.commonprefix([c, str(value)])))
         message += f"; did you mean {best!r}?"
     return f"{message} (valid choices: {', '.join(choices)})"
+
+
+def fail(message: str) -> None:
+    """Prints one `error: <message>` line to stderr and exits with status 2 (command lines)."""
+    print(f"error: {message}", file=sys.stderr, flush=True)
+    sys.exit(2)

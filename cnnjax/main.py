@@ -7,22 +7,14 @@ the input (unknown key, model or dataset, missing data, bad shapes, corrupt chec
 loss) are printed as one line starting with "error:" and exit with status 2.
 """
 
-import sys
-
 from absl import app, flags, logging
 from ml_collections import config_dict, config_flags
 
-from cnnjax.errors import CnnjaxError
+from cnnjax.errors import CnnjaxError, fail
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file (configs/*.py).")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Folder for checkpoints, metrics and config.")
 flags.mark_flags_as_required(["config", "workdir"])
-
-
-def fail(message: str) -> None:
-    """Prints one `error:` line and exits with status 2."""
-    print(f"error: {message}", file=sys.stderr, flush=True)
-    sys.exit(2)
 
 
 def parse_flags(argv):

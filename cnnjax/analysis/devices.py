@@ -152,19 +152,31 @@ DEVICES: dict[str, DeviceProfile] = {
 }
 
 
-def list_devices() -> list[str]:
-    """Names of the built-in profiles."""
-    return sorted(DEVICES)
+# Short names for the command line; the larger-memory part where a chip comes in two.
+ALIASES = {
+    "a100": "a100_80gb_sxm",
+    "h100": "h100_sxm",
+    "h200": "h200_sxm",
+    "v100": "v100_sxm2",
+    "v4": "tpu_v4",
+    "v5e": "tpu_v5e",
+}
+
+
+def list_devices(aliases: bool = False) -> list[str]:
+    """Names of the built-in profiles (with `aliases`, their short names too)."""
+    return sorted([*DEVICES, *ALIASES]) if aliases else sorted(DEVICES)
 
 
 def get_device(name: str) -> DeviceProfile:
-    """A built-in profile by name.
+    """A built-in profile by name or alias ("a100" is "a100_80gb_sxm", see `ALIASES`).
 
     Raises:
       ConfigError: for an unknown name, listing the valid ones.
     """
+    name = ALIASES.get(name, name)
     if name not in DEVICES:
-        raise ConfigError(unknown_choice("device", name, DEVICES))
+        raise ConfigError(unknown_choice("device", name, list_devices(aliases=True)))
     return DEVICES[name]
 
 

@@ -82,6 +82,39 @@ def _fmt(value) -> str:
     return f"{value:,}" if isinstance(value, int) else f"{value:g}"
 
 
+def text_table(header: list[str], cells: list[list[str]], left: int = 2) -> str:
+    """Aligned columns: the first `left` left-aligned (names), the rest right-aligned (numbers).
+
+    Returns the header, a rule, one line per row and a closing rule.
+    """
+    widths = [max(len(x) for x in col) for col in zip(header, *cells)]
+
+    def line(row):
+        return "  ".join(x.ljust(w) if i < left else x.rjust(w)
+                         for i, (x, w) in enumerate(zip(row, widths))).rstrip()  # fmt: skip
+
+    rule = "-" * len(line(header))
+    return "\n".join([line(header), rule, *map(line, cells), rule])
+
+
+def html_table(header: list[str], cells: list[list[str]], caption: str) -> str:
+    """The same table as HTML (what notebooks display)."""
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in header)
+    body = "".join(
+        "<tr>" + "".join(f"<td>{html.escape(x)}</td>" for x in row) + "</tr>" for row in cells
+    )
+    return f"<table><caption>{html.escape(caption)}</caption><tr>{head}</tr>{body}</table>"
+
+
+def elide(cells: list[list[str]], max_rows: int | None) -> list[list[str]]:
+    """At most `max_rows` rows: the first and last halves, with a "..." row between them."""
+    if max_rows is None or len(cells) <= max_rows:
+        return cells
+    head = max_rows // 2
+    gap = ["..."] + [""] * (len(cells[0]) - 1)
+    return cells[:head] + [gap] + cells[len(cells) - (max_rows - head) :]
+
+
 @dataclasses.dataclass
 class LayerTable:
     """Rows of a traced model, its outputs and totals; `str(table)` renders a text table.
@@ -181,29 +214,11 @@ class LayerTable:
     def render(self, max_rows: int | None = None) -> str:
         """Text table, one line per row; with `max_rows`, the middle rows are elided."""
         header = [c.removesuffix("_shape") for c in self.COLUMNS]
-        cells = self._cells()
-        if max_rows is not None and len(cells) > max_rows:
-            head = max_rows // 2
-            gap = ["..."] + [""] * (len(header) - 1)
-            cells = cells[:head] + [gap] + cells[len(cells) - (max_rows - head) :]
-        widths = [max(len(x) for x in col) for col in zip(header, *cells)]
-
-        def line(row):
-            # Names and ops read better left-aligned, numbers right-aligned.
-            return "  ".join(x.ljust(w) if i < 2 else x.rjust(w)
-                             for i, (x, w) in enumerate(zip(row, widths))).rstrip()  # fmt: skip
-
-        rule = "-" * len(line(header))
-        return "\n".join([line(header), rule, *map(line, cells), rule, self.summary()])
+        cells = elide(self._cells(), max_rows)
+        return text_table(header, cells) + "\n" + self.summary()
 
     def __str__(self) -> str:
         return self.render()
 
     def _repr_html_(self) -> str:
-        head = "".join(f"<th>{html.escape(c)}</th>" for c in self.COLUMNS)
-        body = "".join(
-            "<tr>" + "".join(f"<td>{html.escape(x)}</td>" for x in row) + "</tr>"
-            for row in self._cells()
-        )
-        caption = html.escape(self.summary())
-        return f"<table><caption>{caption}</caption><tr>{head}</tr>{body}</table>"
+        return html_table(list(self.COLUMNS), self._cells(), self.summary())

@@ -215,29 +215,30 @@ class TrainingMemory:
         return None if self.xla is None else self.analytic / self.xla.total
 
 
-def _abstract_setup(name: str, batch: int, optimizer: str, momentum: float):
+def _abstract_setup(name: str, batch: int, optimizer: str, momentum: float, input_shape=None):
     info = models.model_info(name)
     model = models.create_model(name)
+    shape = tuple(info.input_shape if input_shape is None else input_shape)
     tx = make_tx(optimizer, momentum)
-    state = jax.eval_shape(lambda: create_train_state(model, tx, info.input_shape, seed=0))
+    state = jax.eval_shape(lambda: create_train_state(model, tx, shape, seed=0))
     # Series models take float inputs; image models uint8 pixels, scaled in the step.
-    image_dtype = jnp.uint8 if len(info.input_shape) == 3 else jnp.float32
+    image_dtype = jnp.uint8 if len(shape) == 3 else jnp.float32
     data = {
-        "image": jax.ShapeDtypeStruct((batch, *info.input_shape), image_dtype),
+        "image": jax.ShapeDtypeStruct((batch, *shape), image_dtype),
         "label": jax.ShapeDtypeStruct((batch,), jnp.int32),
     }
     return info, model, state, data
 
 
 def xla_train_step_memory(
-    name: str, batch: int, optimizer: str = "adam", momentum: float = 0.9
+    name: str, batch: int, optimizer: str = "adam", momentum: float = 0.9, input_shape=None
 ) -> XlaMemory:
     """Compiles `cnnjax.train.steps.train_step` (state donated) and reads its memory analysis.
 
     Compiling costs seconds for small models and minutes for ImageNet ones on a CPU.
     """
-    info, _, state, data = _abstract_setup(name, batch, optimizer, momentum)
-    channels = info.input_shape[-1]
+    info, _, state, data = _abstract_setup(name, batch, optimizer, momentum, input_shape)
+    channels = data["image"].shape[-1]
     preprocess = Preprocess(mean=(0.0,) * channels, std=(1.0,) * channels)
     step = jax.jit(
         functools.partial(train_step, preprocess=preprocess, loss=info.loss), donate_argnums=0
@@ -257,6 +258,7 @@ def training_memory(
     optimizer: str = "adam",
     momentum: float = 0.9,
     compile: bool = True,
+    input_shape: tuple[int, ...] | None = None,
 ) -> TrainingMemory:
     """Training memory of registry model `name` at batch `batch`, analytic and (optionally) XLA.
 
@@ -266,8 +268,9 @@ def training_memory(
       optimizer: "sgd" (with `momentum`; 0 for none), "adam" or "adamw".
       momentum: SGD momentum.
       compile: also compile the train step for `XlaMemory` (slow for large models).
+      input_shape: one example's shape (default: the model's `input_shape`).
     """
-    info, model, state, data = _abstract_setup(name, batch, optimizer, momentum)
+    info, model, state, data = _abstract_setup(name, batch, optimizer, momentum, input_shape)
     objective = get_loss(info.loss)
     images = jax.ShapeDtypeStruct(data["image"].shape, jnp.float32)
 
@@ -298,5 +301,9 @@ def training_memory(
         inputs=tree_bytes(images),
         activations=sum(r.nbytes for r in residuals if r.kind == "activation"),
         residuals=tuple(residuals),
-        xla=xla_train_step_memory(name, batch, optimizer, momentum) if compile else None,
+        xla=(
+            xla_train_step_memory(name, batch, optimizer, momentum, input_shape)
+            if compile
+            else None
+        ),
     )

@@ -34,6 +34,7 @@ Activation bytes are each row's output tensor, batch included.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from typing import Any
 
@@ -45,7 +46,7 @@ from cnnjax.analysis.costs import _conv_macs, _dot_macs, count_params
 from cnnjax.analysis.layer_table import LayerRow, LayerTable, TensorInfo
 from cnnjax.analysis.receptive_field import describe, input_rf
 from cnnjax.analysis.rf_rules import propagate
-from cnnjax.errors import ConfigError
+from cnnjax.errors import ConfigError, ShapeError
 
 __all__ = ["LayerRow", "LayerTable", "TensorInfo", "trace_model"]
 
@@ -295,14 +296,18 @@ def trace_model(
         if input_shape is None:
             raise ConfigError(f"trace_model({label}): input_shape is required for a module")
     x = jax.ShapeDtypeStruct((batch, *input_shape), dtype)
-    if variables is None:
-        variables = jax.eval_shape(lambda x: module.init(jax.random.key(0), x, train=False), x)
-    variables = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), variables)
     recorder = _Recorder(tuple(input_shape[:-1]))
-    with nn.intercept_methods(recorder.intercept):
-        closed, shapes = jax.make_jaxpr(
-            lambda v, x: module.apply(v, x, train=False), return_shape=True
-        )(variables, x)
+    try:
+        if variables is None:
+            init = functools.partial(module.init, train=False)
+            variables = jax.eval_shape(init, jax.random.key(0), x)
+        variables = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), variables)
+        with nn.intercept_methods(recorder.intercept):
+            closed, shapes = jax.make_jaxpr(
+                lambda v, x: module.apply(v, x, train=False), return_shape=True
+            )(variables, x)
+    except ShapeError as error:
+        raise ShapeError(f"input {input_shape} is too small for {label}: {error}") from error
     n_vars = len(jax.tree.leaves(variables))
     outs = propagate(closed, [None] * n_vars + [input_rf(x.ndim)], recorder.visit)
     rows, unused = recorder.rows(variables.get("params", {}))

@@ -13,13 +13,20 @@ global average pool: 966,986 parameters. The pools use ceil mode (Caffe's), so 3
 The paper's text says every mlpconv block is followed by max pooling; the released definition
 averages in the second pool; `block_pools=("max", "avg")` (the default) follows the released
 definition and `("max", "max")` the text.
+
+`nin_imagenet` is the ImageNet network the authors released in the Caffe Model Zoo
+("NIN-Imagenet", 224x224 crops): mlpconv 96-96-96 (11x11, stride 4, no padding), 3x3/2 max pool,
+mlpconv 256-256-256 (5x5), pool, mlpconv 384-384-384 (3x3), pool, dropout 0.5, mlpconv
+1024-1024-classes (3x3), global average pool over the 6x6 maps: 7,595,176 parameters. The d2l
+textbook's NiN is this network with the last block's 1024 channels cut to the class count; its
+cost analysis (where the memory and the compute go) is worked out in docs/worked_answers.md.
 """
 
 from __future__ import annotations
 
 import functools
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import flax.linen as nn
 import jax.numpy as jnp
@@ -30,11 +37,34 @@ from cnnjax.models.registry import register
 
 ModuleDef = Any
 
-# (kernel, conv width, 1x1 widths) per mlpconv block; None is the class count.
-NIN_SPECS: dict[str, tuple[tuple[int, int, tuple[int | None, ...]], ...]] = {
-    "cifar": ((5, 192, (160, 96)), (5, 192, (192, 192)), (3, 192, (192, None))),
+
+class BlockSpec(NamedTuple):
+    """One mlpconv block: its first conv, its 1x1 widths (None: the class count), dropout after."""
+
+    kernel: int
+    width: int
+    mlp: tuple[int | None, ...]
+    stride: int = 1
+    padding: int | None = None  # None: kernel // 2, which keeps the map size at stride 1
+    dropout: bool = False  # dropout after the block's pool
+
+
+NIN_SPECS: dict[str, tuple[BlockSpec, ...]] = {
+    "cifar": (
+        BlockSpec(5, 192, (160, 96), dropout=True),
+        BlockSpec(5, 192, (192, 192), dropout=True),
+        BlockSpec(3, 192, (192, None)),
+    ),
+    "imagenet": (
+        BlockSpec(11, 96, (96, 96), stride=4, padding=0),
+        BlockSpec(5, 256, (256, 256)),
+        BlockSpec(3, 384, (384, 384), dropout=True),
+        BlockSpec(3, 1024, (1024, None)),
+    ),
 }
 POOL_KINDS = ("max", "avg")
+# The released definitions: the CIFAR net averages in its second pool, the ImageNet net never.
+DEFAULT_POOLS = {"cifar": ("max", "avg"), "imagenet": ("max", "max", "max")}
 
 _ceil_max_pool = functools.partial(max_pool2d, window=3, strides=2, ceil_mode=True)
 _ceil_avg_pool = functools.partial(avg_pool2d, window=3, strides=2, ceil_mode=True)
@@ -44,8 +74,10 @@ class MlpConv(nn.Module):
     """`k x k` conv then 1x1 convs, each followed by `act`. `(N, H, W, C) -> (N, H, W, widths[-1])`.
 
     Attributes:
-      kernel: size of the first conv (zero padding keeps the map size).
+      kernel: size of the first conv.
       widths: output channels of the first conv and of each 1x1 conv.
+      stride: stride of the first conv.
+      padding: zero padding of the first conv (None: `kernel // 2`, the map size at stride 1).
       conv: convolution constructor.
       norm: optional normalization after each conv (None in the paper).
       act: activation.
@@ -53,16 +85,24 @@ class MlpConv(nn.Module):
 
     kernel: int
     widths: Sequence[int]
+    stride: int = 1
+    padding: int | None = None
     conv: ModuleDef = Conv2d
     norm: ModuleDef | None = None
     act: Callable[[jnp.ndarray], jnp.ndarray] = nn.relu
 
     @nn.compact
     def __call__(self, x: jnp.ndarray, train: bool = False) -> jnp.ndarray:
+        padding = self.kernel // 2 if self.padding is None else self.padding
         for i, width in enumerate(self.widths):
-            kernel = self.kernel if i == 0 else 1
-            name = "conv" if i == 0 else f"cccp{i}"
-            x = self.conv(features=width, kernel_size=kernel, padding=kernel // 2, name=name)(x)
+            first, name = i == 0, "conv" if i == 0 else f"cccp{i}"
+            x = self.conv(
+                features=width,
+                kernel_size=self.kernel if first else 1,
+                strides=self.stride if first else 1,
+                padding=padding if first else 0,
+                name=name,
+            )(x)
             if self.norm is not None:
                 x = self.norm(use_running_average=not train, name=f"{name}_bn")(x)
             x = self.act(x)
@@ -72,15 +112,16 @@ class MlpConv(nn.Module):
 class NiN(nn.Module):
     """Network in Network. `(N, H, W, C)` NHWC -> `(logits (N, num_classes), intermediates)`.
 
-    Intermediates: "stem" block 1 before pooling, "stage1".."stage3" the blocks after pooling
-    (block 3 is not pooled: its `(N, H/4, W/4, num_classes)` class confidence maps), and
+    Intermediates: "stem" block 1 before pooling, "stage1".."stageN" the blocks after pooling
+    (the last block is not pooled: its `(N, h, w, num_classes)` class confidence maps), and
     "pre_logits" those maps, which global average pooling turns into the logits.
 
     Attributes:
-      variant: a key of `NIN_SPECS`.
+      variant: a key of `NIN_SPECS` ("cifar" or "imagenet").
       num_classes: output units (channels of the last 1x1 conv).
-      block_pools: pooling after each block but the last: "max" (`pool`) or "avg" (`avg_pool`).
-      dropout_rate: dropout after each of those pools.
+      block_pools: pooling after each block but the last: "max" (`pool`) or "avg" (`avg_pool`);
+        None: the variant's released definition (`DEFAULT_POOLS`).
+      dropout_rate: dropout after the pools of the blocks whose spec asks for it.
       conv: convolution constructor.
       norm: optional normalization after every conv (None: the paper's).
       act: activation.
@@ -90,7 +131,7 @@ class NiN(nn.Module):
 
     variant: str = "cifar"
     num_classes: int = 10
-    block_pools: Sequence[str] = ("max", "avg")
+    block_pools: Sequence[str] | None = None
     dropout_rate: float = 0.5
     conv: ModuleDef = Conv2d
     norm: ModuleDef | None = None
@@ -103,24 +144,28 @@ class NiN(nn.Module):
         if self.variant not in NIN_SPECS:
             raise ConfigError(unknown_choice("NiN variant", self.variant, NIN_SPECS))
         spec = NIN_SPECS[self.variant]
-        if len(self.block_pools) != len(spec) - 1:
+        pools = DEFAULT_POOLS[self.variant] if self.block_pools is None else self.block_pools
+        if len(pools) != len(spec) - 1:
             raise ConfigError(
                 f"NiN block_pools needs {len(spec) - 1} entries (one per block but the last), "
-                f"got {tuple(self.block_pools)!r}"
+                f"got {tuple(pools)!r}"
             )
-        for kind in self.block_pools:
+        for kind in pools:
             if kind not in POOL_KINDS:
                 raise ConfigError(unknown_choice("NiN pool kind", kind, POOL_KINDS))
         intermediates = {}
-        for i, (kernel, width, mlp) in enumerate(spec, start=1):
-            widths = (width, *(self.num_classes if w is None else w for w in mlp))
-            x = MlpConv(kernel, widths, self.conv, self.norm, self.act, name=f"block{i}")(x, train)
+        for i, block in enumerate(spec, start=1):
+            widths = (block.width, *(self.num_classes if w is None else w for w in block.mlp))
+            x = MlpConv(
+                block.kernel, widths, block.stride, block.padding, self.conv, self.norm, self.act,
+                name=f"block{i}",
+            )(x, train)  # fmt: skip
             if i == 1:
                 intermediates["stem"] = x
             if i < len(spec):
-                x = self.pool(x) if self.block_pools[i - 1] == "max" else self.avg_pool(x)
+                x = self.pool(x) if pools[i - 1] == "max" else self.avg_pool(x)
             intermediates[f"stage{i}"] = x
-            if i < len(spec):
+            if block.dropout:
                 x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
         intermediates["pre_logits"] = x
         return global_avg_pool(x), intermediates
@@ -133,4 +178,12 @@ register(
     num_classes=10,
     paper="Lin et al. 2014",
     description="Network in Network for CIFAR-10: three mlpconv blocks, global average pooling",
+)
+register(
+    "nin_imagenet",
+    functools.partial(NiN, variant="imagenet", num_classes=1000),
+    input_shape=(224, 224, 3),
+    num_classes=1000,
+    paper="Lin et al. 2014",
+    description="Network in Network for ImageNet (the authors' Caffe model): four mlpconv blocks",
 )

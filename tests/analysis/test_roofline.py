@@ -66,8 +66,11 @@ def test_estimate_layers_by_device_name_and_precision():
 
 def test_device_lookup_errors_list_valid_names():
     with pytest.raises(ConfigError, match="a100_80gb_sxm") as error:
-        devices.get_device("a100")
+        devices.get_device("a1000")
     assert "valid choices" in str(error.value)
+    # Short aliases name the larger-memory part.
+    assert devices.get_device("a100") is devices.get_device("a100_80gb_sxm")
+    assert devices.get_device("v5e").name == "tpu_v5e"
     # TPUs publish no float32 peak: asking for one names what there is.
     with pytest.raises(ConfigError, match="bf16"):
         devices.get_device("tpu_v4").peak("float32")

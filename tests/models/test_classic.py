@@ -378,12 +378,28 @@ def test_nin_cifar_parameters_maps_and_global_average_logits():
     assert not np.allclose(train, logits)
 
 
+def test_nin_imagenet_is_the_released_caffe_network():
+    model = models.create_model("nin_imagenet")
+    widths = [(3, 96, 11), (96, 96, 1), (96, 96, 1), (96, 256, 5), (256, 256, 1),
+              (256, 256, 1), (256, 384, 3), (384, 384, 1), (384, 384, 1), (384, 1024, 3),
+              (1024, 1024, 1), (1024, 1000, 1)]  # fmt: skip
+    assert n_params(model, (1, 224, 224, 3)) == sum(k * k * i * o + o for i, o, k in widths)
+    assert models.model_info("nin_imagenet").params == 7_595_176
+    _, (logits, feats) = abstract(model, (2, 224, 224, 3))
+    # 224 -> 54 (11x11/4, no padding) -> 27 -> 13 -> 6 (3x3/2 max pools, ceil mode).
+    expected = {"stem": (54, 96), "stage1": (27, 96), "stage2": (13, 256), "stage3": (6, 384),
+                "stage4": (6, 1000)}  # fmt: skip
+    for key, (size, channels) in expected.items():
+        assert feats[key].shape == (2, size, size, channels), key
+    assert logits.shape == (2, 1000)
+
+
 @pytest.mark.parametrize(
     "kwargs, message",
     [
         ({"block_pools": ("max",)}, "needs 2 entries"),
         ({"block_pools": ("max", "mean")}, "unknown NiN pool kind 'mean'"),
-        ({"variant": "imagenet"}, "unknown NiN variant"),
+        ({"variant": "imagenet_21k"}, "unknown NiN variant"),
     ],
 )
 def test_nin_bad_config(kwargs, message):
