@@ -80,6 +80,8 @@ class Residual:
 
 def _producer(var, eqns_by_out) -> tuple[str, bool]:
     """(primitive name, is a scalar broadcast) of the equation computing `var`, seen through jit."""
+    if isinstance(var, jex_core.Literal):  # a jit that returns a constant
+        return "constant", True
     eqn = eqns_by_out.get(var)
     if eqn is None:
         return "argument", False

@@ -1,0 +1,82 @@
+"""The model summary of every registry model: totals, roofline, bottleneck and the time it takes.
+
+    nice -n 10 python benchmarks/summary_zoo.py                  # all models, batch 32, A100
+    python benchmarks/summary_zoo.py --models 'resnet*' --batch 8 --device t4 --out /tmp/s.md
+
+Runs `cnnjax.analysis.summary.summarize` in this process (what `python -m cnnjax.summary` does,
+without the interpreter start-up) and writes a markdown table (default
+`benchmarks/results/summary_zoo.md`): params, MACs per image, training memory at the batch size,
+roofline forward and training-step time, share of time in memory-bound layers, the bottleneck
+layer, and the seconds each summary took (tracing forward and training step on abstract shapes;
+nothing is compiled).
+"""
+
+from __future__ import annotations
+
+import argparse
+import pathlib
+import platform
+import sys
+import time
+
+import jax
+
+from cnnjax import models
+from cnnjax.analysis.summary import human_bytes, human_count, summarize
+
+DEFAULT_OUT = pathlib.Path(__file__).resolve().parent / "results" / "summary_zoo.md"
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", default="*", help="shell pattern of registry names")
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--device", default="a100")
+    parser.add_argument("--precision", default=None)
+    parser.add_argument("--out", type=pathlib.Path, default=DEFAULT_OUT)
+    parser.add_argument("--note", default="", help="appended to the page's description")
+    args = parser.parse_args(argv)
+
+    rows, seconds = [], []
+    for name in models.list_models(args.models):
+        began = time.perf_counter()
+        s = summarize(name, batch=args.batch, device=args.device, precision=args.precision)
+        seconds.append(time.perf_counter() - began)
+        row, est = s.bottleneck
+        totals = s.totals()
+        rows.append(
+            f"| {name} | {totals['params']:,} | {human_count(totals['macs_per_example'])} | "
+            f"{human_bytes(s.memory.analytic)} | {s.forward_time_s * 1e3:.3f} | "
+            f"{s.train_step_time_s * 1e3:.3f} | {s.roofline.memory_bound_fraction:.0%} | "
+            f"{row.name} ({row.op}, {est.bound}) | {seconds[-1]:.1f} |"
+        )
+        print(rows[-1], flush=True)
+    device = s.device
+    lines = [
+        "# Model summary of the zoo",
+        "",
+        f"`python benchmarks/summary_zoo.py --batch {args.batch} --device {args.device}"
+        + (f" --precision {args.precision}" if args.precision else "")
+        + "`, "
+        f"jax {jax.__version__} on {platform.machine()} ({jax.devices()[0].platform}). Device "
+        f"profile {device.name} ({s.roofline.peak_flops / 1e12:g} TFLOP/s, "
+        f"{s.roofline.bandwidth / 1e9:,.0f} GB/s); training memory with SGD + momentum, "
+        "analytic (parameters, gradients, momentum, BN statistics, input, saved activations); "
+        "times are roofline floors (training step = 3x forward). The last column is the wall "
+        "time of the summary itself (trace + training-step trace, no compilation) on this "
+        f"machine: median {sorted(seconds)[len(seconds) // 2]:.1f} s, max {max(seconds):.1f} s, "
+        f"{sum(seconds):.0f} s for all {len(seconds)} models. {args.note}".rstrip(),
+        "",
+        "| model | params | MACs/image | train memory | forward ms | train step ms | "
+        "memory-bound | bottleneck layer | summary s |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | --- | ---: |",
+        *rows,
+    ]
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text("\n".join(lines) + "\n")
+    print(f"wrote {args.out}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
