@@ -143,3 +143,20 @@ def test_cli_json_and_errors():
         bad = run_summary(*args)
         assert bad.returncode == 2 and "Traceback" not in bad.stderr, bad.stderr
         assert message in bad.stderr
+
+
+def test_any_flax_module_can_be_summarized():
+    import flax.linen as nn
+
+    from cnnjax.layers import Conv2d
+
+    class Tiny(nn.Module):
+        @nn.compact
+        def __call__(self, x, train=False):
+            return nn.Dense(3)(Conv2d(8, 3, strides=2)(x).mean(axis=(1, 2)))
+
+    result = summarize(Tiny(), input_shape=(16, 16, 2), batch=5, device="h100")
+    assert result.memory is None  # training memory needs a registry model (its loss)
+    assert result.totals()["macs_per_example"] == 8 * 8 * 9 * 2 * 8 + 8 * 3
+    assert result.table.outputs["output"].shape == (5, 3)
+    assert "training_memory" in result.to_dict() and "bottleneck" in result.render()
