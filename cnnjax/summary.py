@@ -16,7 +16,7 @@ import json
 
 from absl import app, flags, logging
 
-from cnnjax.errors import CnnjaxError, ConfigError, fail
+from cnnjax.errors import CnnjaxError, fail
 
 _MODEL = flags.DEFINE_string("model", None, "Registry name (cnnjax.models.list_models()).")
 _INPUT = flags.DEFINE_string(
@@ -40,19 +40,6 @@ _JSON = flags.DEFINE_bool("json", False, "Print one JSON object instead of the t
 flags.mark_flag_as_required("model")
 
 
-def parse_shape(text: str | None) -> tuple[int, ...] | None:
-    """ "32,32,3" -> (32, 32, 3); None stays None."""
-    if text is None:
-        return None
-    try:
-        shape = tuple(int(x) for x in text.replace("x", ",").split(","))
-    except ValueError:
-        shape = ()
-    if not shape or min(shape) < 1:
-        raise ConfigError(f"--input={text!r} is not a shape: give positive sizes, e.g. 224,224,3")
-    return shape
-
-
 def main(argv):
     if not flags.FLAGS["verbosity"].present:
         logging.set_verbosity(logging.WARNING)  # keep jax's backend probing out of the report
@@ -60,7 +47,7 @@ def main(argv):
         fail(f"unexpected arguments {argv[1:]}")
     if _BATCH.value < 1:
         fail(f"--batch={_BATCH.value} must be at least 1")
-    from cnnjax.analysis.summary import summarize  # heavy imports after flag errors
+    from cnnjax.analysis.summary import parse_shape, summarize  # heavy imports after flag errors
 
     try:
         result = summarize(

@@ -16,6 +16,8 @@ from typing import Any
 import jax
 import numpy as np
 
+from cnnjax.layers.conv_ops import conv_impl
+
 
 def count_params(tree: Any) -> int:
     """Number of scalars in a pytree of arrays or `ShapeDtypeStruct`s."""
@@ -67,4 +69,5 @@ def jaxpr_macs(jaxpr) -> int:
 
 def count_macs(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> int:
     """MACs of one call `fn(*args, **kwargs)`; arrays may be `jax.ShapeDtypeStruct`s."""
-    return jaxpr_macs(jax.make_jaxpr(lambda *a: fn(*a, **kwargs))(*args))
+    with conv_impl("xla", force=True):  # the portable program: conv_general_dilated equations
+        return jaxpr_macs(jax.make_jaxpr(lambda *a: fn(*a, **kwargs))(*args))

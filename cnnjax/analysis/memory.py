@@ -44,6 +44,7 @@ import numpy as np
 from jax.extend import core as jex_core
 
 from cnnjax import models
+from cnnjax.layers.conv_ops import conv_impl
 from cnnjax.train.losses import get_loss
 from cnnjax.train.optim import make_optimizer
 from cnnjax.train.state import create_train_state
@@ -115,7 +116,8 @@ def saved_residuals(loss_fn: Callable[..., Any], params: Any, *args: Any) -> lis
         _, vjp_fn = jax.vjp(lambda q: loss_fn(q, *rest), p)
         return jax.tree.leaves(vjp_fn)  # the backward function's pytree leaves are its residuals
 
-    jaxpr = jax.make_jaxpr(forward_and_residuals)(*leaves).jaxpr
+    with conv_impl("xla", force=True):  # the portable program (see conv_ops)
+        jaxpr = jax.make_jaxpr(forward_and_residuals)(*leaves).jaxpr
     arguments, constants = set(jaxpr.invars), set(jaxpr.constvars)
     eqns_by_out = {v: e for e in jaxpr.eqns for v in e.outvars}
     found, seen = [], set()
@@ -245,7 +247,8 @@ def xla_train_step_memory(
     step = jax.jit(
         functools.partial(train_step, preprocess=preprocess, loss=info.loss), donate_argnums=0
     )
-    stats = step.lower(state, data).compile().memory_analysis()
+    with conv_impl("xla", force=True):
+        stats = step.lower(state, data).compile().memory_analysis()
     return XlaMemory(
         argument=int(stats.argument_size_in_bytes),
         output=int(stats.output_size_in_bytes),

@@ -30,6 +30,7 @@ from typing import Any, NamedTuple
 import jax
 
 from cnnjax.errors import ConfigError
+from cnnjax.layers.conv_ops import conv_impl
 from cnnjax.layers.shapes import resolve_padding
 
 
@@ -148,7 +149,8 @@ def trace_receptive_fields(fn: Callable, *args, argnum: int = 0, spatial=None):
     """
     from cnnjax.analysis.rf_rules import propagate  # the rules import this module's types
 
-    closed, shapes = jax.make_jaxpr(fn, return_shape=True)(*args)
+    with conv_impl("xla", force=True):  # conv_general_dilated equations, not FFI calls
+        closed, shapes = jax.make_jaxpr(fn, return_shape=True)(*args)
     leaves = [jax.tree.leaves(a) for a in args]
     ins: list = []
     for i, group in enumerate(leaves):

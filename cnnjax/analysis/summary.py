@@ -32,6 +32,7 @@ from cnnjax.analysis.layer_table import LayerRow, LayerTable, _fmt, elide, html_
 from cnnjax.analysis.memory import TrainingMemory, training_memory
 from cnnjax.analysis.roofline import LayerEstimate, RooflineReport, estimate_layers
 from cnnjax.analysis.trace import trace_model
+from cnnjax.errors import ConfigError
 
 __all__ = ["ModelSummary", "summarize", "TRAIN_STEP_FACTOR"]
 
@@ -57,6 +58,19 @@ COLUMNS = (
     "time_us",
     "bound",
 )
+
+
+def parse_shape(text: str | None) -> tuple[int, ...] | None:
+    """ "32,32,3" -> (32, 32, 3); None stays None."""
+    if text is None:
+        return None
+    try:
+        shape = tuple(int(x) for x in text.replace("x", ",").split(","))
+    except ValueError:
+        shape = ()
+    if not shape or min(shape) < 1:
+        raise ConfigError(f"--input={text!r} is not a shape: give positive sizes, e.g. 224,224,3")
+    return shape
 
 
 def human_bytes(n: float) -> str:

@@ -47,6 +47,7 @@ from cnnjax.analysis.layer_table import LayerRow, LayerTable, TensorInfo
 from cnnjax.analysis.receptive_field import describe, input_rf
 from cnnjax.analysis.rf_rules import propagate
 from cnnjax.errors import ConfigError, ShapeError
+from cnnjax.layers.conv_ops import conv_impl
 
 __all__ = ["LayerRow", "LayerTable", "TensorInfo", "trace_model"]
 
@@ -302,7 +303,8 @@ def trace_model(
             init = functools.partial(module.init, train=False)
             variables = jax.eval_shape(init, jax.random.key(0), x)
         variables = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), variables)
-        with nn.intercept_methods(recorder.intercept):
+        # The portable program: conv_general_dilated equations rather than oneDNN FFI calls.
+        with nn.intercept_methods(recorder.intercept), conv_impl("xla", force=True):
             closed, shapes = jax.make_jaxpr(
                 lambda v, x: module.apply(v, x, train=False), return_shape=True
             )(variables, x)

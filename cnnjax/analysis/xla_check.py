@@ -51,6 +51,7 @@ import numpy as np
 
 from cnnjax import models
 from cnnjax.analysis.costs import _dot_macs, _sub_jaxprs, jaxpr_macs
+from cnnjax.layers.conv_ops import conv_impl
 
 
 def _in_bounds_taps(
@@ -106,7 +107,8 @@ def xla_cost(fn: Callable[..., Any], *args: Any, compiled: bool = False) -> dict
       fn: function of arrays; `args` may be `jax.ShapeDtypeStruct`s.
       compiled: analyse the optimized program (compiles: slow) instead of the lowered one.
     """
-    lowered = jax.jit(fn).lower(*args)
+    with conv_impl("xla", force=True):  # XLA's own convolutions, which it can cost
+        lowered = jax.jit(fn).lower(*args)
     cost = lowered.compile().cost_analysis() if compiled else lowered.cost_analysis()
     if isinstance(cost, list | tuple):  # older jax returned one dict per device
         cost = cost[0]
@@ -154,7 +156,8 @@ def check_fn(
     fn: Callable[..., Any], *args: Any, name: str = "fn", batch: int = 1, compiled: bool = False
 ) -> FlopsCheck:
     """`FlopsCheck` of an arbitrary function (e.g. a single conv) on arrays or shapes."""
-    jaxpr = jax.make_jaxpr(fn)(*args)
+    with conv_impl("xla", force=True):
+        jaxpr = jax.make_jaxpr(fn)(*args)
     cost = xla_cost(fn, *args, compiled=compiled)
     return FlopsCheck(
         name=name,

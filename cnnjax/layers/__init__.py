@@ -15,6 +15,7 @@ from cnnjax.layers.conv import (
     SpatiallySeparableConv2d,
     make_conv,
 )
+from cnnjax.layers.conv_ops import CONV_IMPLS, conv_impl
 from cnnjax.layers.norm import (
     BatchNorm,
     ChannelDropout,
@@ -49,7 +50,9 @@ from cnnjax.layers.special_pooling import (
 )
 
 __all__ = [
+    "CONV_IMPLS",
     "CONV_KINDS",
+    "conv_impl",
     "ORDER_TOKENS",
     "PAD_MODES",
     "AdaptiveAvgPool2d",

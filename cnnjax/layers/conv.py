@@ -44,7 +44,8 @@ class _Conv(nn.Module):
       padding_mode: "zeros", "constant", "reflect", "replicate" or "circular".
       padding_value: fill value of padding_mode "constant".
       flip_kernel: true convolution (kernel rotated 180 degrees) instead of cross-correlation.
-      impl: "xla", or "explicit" for the course's backpropagation formulas (`backprop.py`).
+      impl: "auto" (oneDNN kernels on CPU when available, else XLA's), "xla", "onednn", or
+        "explicit" for the course's backpropagation formulas (`backprop.py`); see `conv_ops`.
       kernel_init: initializer of the `(*k, C_in / groups, features)` kernel.
       bias_init: initializer of the `(features,)` bias.
       dtype: computation dtype (None: the input's).
@@ -62,7 +63,7 @@ class _Conv(nn.Module):
     padding_mode: str = "zeros"
     padding_value: float = 0.0
     flip_kernel: bool = False
-    impl: str = "xla"
+    impl: str = "auto"
     kernel_init: Initializer = nn.initializers.lecun_normal()
     bias_init: Initializer = nn.initializers.zeros_init()
     dtype: Any = None
@@ -166,7 +167,7 @@ class SeparableConv2d(nn.Module):
     depth_multiplier: int = 1
     use_bias: bool = True
     padding_mode: str = "zeros"
-    impl: str = "xla"
+    impl: str = "auto"
     kernel_init: Initializer = nn.initializers.lecun_normal()
     precision: Any = None
 
@@ -206,7 +207,7 @@ class SpatiallySeparableConv2d(nn.Module):
     mid_features: int | None = None
     use_bias: bool = True
     padding_mode: str = "zeros"
-    impl: str = "xla"
+    impl: str = "auto"
     kernel_init: Initializer = nn.initializers.lecun_normal()
     precision: Any = None
 

@@ -6,15 +6,27 @@ implementation serves 1-D (`(N, L, C)`, time series) and 2-D (`(N, H, W, C)`) in
 checked before XLA sees them, so a kernel larger than the padded input is a `ShapeError` naming
 the layer.
 
-`impl` selects how the convolution is differentiated: "xla" uses JAX's own gradient of
-`lax.conv_general_dilated`; "explicit" uses the course's backpropagation formulas
-(`cnnjax.layers.backprop`). Both compute the same forward pass.
+`impl` selects the kernels: "xla" is `lax.conv_general_dilated` and JAX's own gradient of it;
+"onednn" calls oneDNN's forward, backward-data and backward-weights kernels through the XLA FFI
+(`cnnjax.ext.onednn`, an optional compiled extension, several times faster on CPU); "explicit"
+differentiates with the course's backpropagation formulas (`cnnjax.layers.backprop`). "auto"
+(the default) is "onednn" on the CPU backend when the extension is available and the call is
+supported (float32, no negative padding), else "xla": GPUs and TPUs always get XLA's native
+convolutions. All compute the same function (tested to float32 rounding).
+
+`conv_impl("xla")` makes "auto" mean "xla" inside a `with` block (`force=True`: "onednn" too).
+The analysis tools trace under it, so that they see `conv_general_dilated` equations; forward-mode
+differentiation (`jax.jvp`, Hessian-vector products) needs it too, since the oneDNN path is
+defined for reverse mode only.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+import contextvars
+from collections.abc import Iterator, Sequence
 
+import jax
 import jax.numpy as jnp
 from jax import lax
 
@@ -28,7 +40,52 @@ from cnnjax.layers.shapes import (
     resolve_padding,
 )
 
-CONV_IMPLS = ("xla", "explicit")
+CONV_IMPLS = ("auto", "xla", "onednn", "explicit")
+# (what "auto" resolves to or None for the backend's choice, whether "onednn" is overridden too)
+_OVERRIDE: contextvars.ContextVar[tuple[str | None, bool]] = contextvars.ContextVar(
+    "cnnjax_conv_impl", default=(None, False)
+)
+
+
+@contextlib.contextmanager
+def conv_impl(impl: str, force: bool = False) -> Iterator[None]:
+    """Inside the block, convolutions with impl "auto" (with `force`, "onednn" too) use `impl`.
+
+    Applies to code traced inside the block (a jitted function keeps what it was traced with).
+    """
+    if impl not in CONV_IMPLS:
+        raise ConfigError(unknown_choice("conv impl", impl, CONV_IMPLS))
+    token = _OVERRIDE.set((impl, force))
+    try:
+        yield
+    finally:
+        _OVERRIDE.reset(token)
+
+
+def select_impl(impl: str, x, kernel, pads, layer: str = "conv") -> str:
+    """The implementation ("xla", "onednn" or "explicit") a convolution call runs with."""
+    if impl not in CONV_IMPLS:
+        raise ConfigError(unknown_choice("conv impl", impl, CONV_IMPLS))
+    override, force = _OVERRIDE.get()
+    if override is not None and (impl == "auto" or (force and impl == "onednn")):
+        impl = override
+    if impl not in ("auto", "onednn"):
+        return impl
+    from cnnjax.ext import onednn
+
+    supported = onednn.supports(x, kernel, pads)
+    if impl == "auto":
+        use = jax.default_backend() == "cpu" and supported and onednn.available()
+        return "onednn" if use else "xla"
+    if not supported:
+        raise ConfigError(
+            f"{layer}: impl 'onednn' needs float32 inputs and non-negative padding, got "
+            f"{x.dtype} / {kernel.dtype} and padding {pads}; use impl 'auto' or 'xla'"
+        )
+    onednn.load()  # raises Unavailable with the reason
+    return impl
+
+
 _DIMENSION_NUMBERS = {1: ("NWC", "WIO", "NWC"), 2: ("NHWC", "HWIO", "NHWC")}
 
 
@@ -65,7 +122,7 @@ def conv(
     padding_value: float = 0.0,
     flip_kernel: bool = False,
     precision=None,
-    impl: str = "xla",
+    impl: str = "auto",
     layer: str = "conv",
 ) -> jnp.ndarray:
     """N-D convolution (cross-correlation) of channels-last input.
@@ -83,7 +140,8 @@ def conv(
         "replicate" or "circular".
       flip_kernel: true convolution (kernel rotated 180 degrees) instead of cross-correlation.
       precision: `lax.Precision` of the products (None: the backend's default).
-      impl: "xla" or "explicit" (gradients from the course's formulas), see module docstring.
+      impl: "auto", "xla", "onednn" or "explicit" (gradients from the course's formulas), see
+        the module docstring.
       layer: name used in error messages.
 
     Returns:
@@ -108,7 +166,12 @@ def conv(
         kernel = jnp.flip(kernel, axis=tuple(range(ndim)))
     dtype = jnp.result_type(x.dtype, kernel.dtype)
     x, kernel = x.astype(dtype), kernel.astype(dtype)
-    if impl == "explicit":
+    impl = select_impl(impl, x, kernel, pads, layer)
+    if impl == "onednn":
+        from cnnjax.ext.onednn import conv2d as onednn_conv
+
+        y = onednn_conv(x, kernel, strides, pads, dilation, groups)
+    elif impl == "explicit":
         from cnnjax.layers.backprop import explicit_conv  # lazy: backprop imports this module
 
         y = explicit_conv(x, kernel, strides, pads, dilation, groups, precision)

@@ -16,7 +16,7 @@ from cnnjax import models
 from cnnjax.analysis import count_macs, count_params, jaxpr_macs
 from cnnjax.analysis.trace import LayerTable, trace_model
 from cnnjax.errors import ConfigError, ShapeError
-from cnnjax.layers import BatchNorm, Conv2d, global_avg_pool, max_pool2d
+from cnnjax.layers import BatchNorm, Conv2d, conv_impl, global_avg_pool, max_pool2d
 
 # CapsNet's logits are the lengths of its class capsules, computed after its last layer (the
 # reconstruction decoder runs after them and writes its own output).
@@ -31,9 +31,10 @@ def test_registry_model_rows_match_shapes_params_and_macs(name):
     # shared trace (the two properties would trace the model three more times).
     variables = info.abstract_variables()
     x = jax.ShapeDtypeStruct((1, *info.input_shape), jnp.float32)
-    jaxpr, (logits, intermediates) = jax.make_jaxpr(
-        lambda v, x: model.apply(v, x, train=False), return_shape=True
-    )(variables, x)  # return_shape gives what jax.eval_shape gives
+    with conv_impl("xla", force=True):  # what the analysis traces: conv_general_dilated
+        jaxpr, (logits, intermediates) = jax.make_jaxpr(
+            lambda v, x: model.apply(v, x, train=False), return_shape=True
+        )(variables, x)  # return_shape gives what jax.eval_shape gives
     table = trace_model(name, variables=variables)
 
     assert table.outputs["logits"].shape == logits.shape

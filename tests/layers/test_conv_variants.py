@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from jax import lax
 
 from cnnjax.errors import ConfigError, ShapeError
-from cnnjax.layers import conv_ops
+from cnnjax.layers import conv_impl, conv_ops
 from cnnjax.layers.conv import (
     CONV_KINDS,
     ConvTranspose2d,
@@ -178,7 +178,8 @@ def count_params(module, x):
 
 def xla_flops(module, x):
     variables = module.init(jax.random.key(0), x)
-    compiled = jax.jit(module.apply).lower(variables, x).compile()
+    with conv_impl("xla", force=True):  # XLA cannot cost the oneDNN path's FFI calls
+        compiled = jax.jit(module.apply).lower(variables, x).compile()
     analysis = compiled.cost_analysis()
     analysis = analysis[0] if isinstance(analysis, list) else analysis
     return analysis["flops"]

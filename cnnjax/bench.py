@@ -1,0 +1,256 @@
+"""Training and inference speed of a registry model, optionally against PyTorch in the same run.
+
+  python -m cnnjax.bench --model resnet20 --batch_size 128 [--compare torch] [--json]
+      [--input 32,32,3] [--impl auto|xla|onednn] [--windows 5] [--steps 4] [--threads N]
+
+JAX: the repository's jitted `train_step` (state donated, SGD with momentum 0.9, float32 images)
+and a jitted eval-mode forward pass. PyTorch (`--compare torch`, needs the `ref` extra): the twin
+from `cnnjax.torch_reference` with the same layers and parameter count, channels-last, SGD with
+momentum 0.9, `torch.inference_mode` for evaluation, as many threads as JAX has cores. Each is
+warmed up (compilation, oneDNN kernel generation, allocator), then timed over `--windows`
+windows of `--steps` steps; images/second is the median window's. Also reported: the time of
+the first train step (compile_s: tracing + XLA compilation + first run), the process's peak
+memory after the JAX measurements, XLA's memory analysis of the train step, and the achieved
+GFLOP/s (3x the forward FLOPs per training image, 2x MACs) against this machine's measured
+float32 matmul peak.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import platform
+import resource
+import statistics
+import time
+
+from absl import app, flags, logging
+
+from cnnjax.errors import CnnjaxError, ConfigError, fail
+
+_MODEL = flags.DEFINE_string("model", None, "Registry name.")
+_BATCH = flags.DEFINE_integer("batch_size", 128, "Images per step.")
+_INPUT = flags.DEFINE_string("input", None, "H,W,C (default: the model's input shape).")
+_CLASSES = flags.DEFINE_integer("num_classes", None, "Output classes (default: the model's).")
+_COMPARE = flags.DEFINE_enum("compare", None, ["torch"], "Also measure the PyTorch twin.")
+_IMPL = flags.DEFINE_enum("impl", "auto", ["auto", "xla", "onednn"], "Convolution kernels.")
+_WINDOWS = flags.DEFINE_integer("windows", 5, "Timed windows (the median is reported).")
+_STEPS = flags.DEFINE_integer("steps", 4, "Steps per timed window.")
+_THREADS = flags.DEFINE_integer("threads", None, "PyTorch threads (default: os.cpu_count()).")
+_JSON = flags.DEFINE_bool("json", False, "Print one JSON object.")
+flags.mark_flag_as_required("model")
+flags.DEFINE_alias("batch-size", "batch_size")
+
+
+def median_ips(run_step, batch: int, windows: int, steps: int) -> float:
+    """Images/second of the median of `windows` timed windows of `steps` calls each."""
+    rates = []
+    for _ in range(windows):
+        start = time.perf_counter()
+        for _ in range(steps):
+            run_step()
+        rates.append(steps * batch / (time.perf_counter() - start))
+    return statistics.median(rates)
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
+def measure_jax(name, input_shape, batch, num_classes, impl, windows, steps) -> dict:
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    from cnnjax import models
+    from cnnjax.layers import conv_impl
+    from cnnjax.train.optim import make_optimizer
+    from cnnjax.train.state import create_train_state
+    from cnnjax.train.steps import Preprocess, train_step
+
+    info = models.model_info(name)
+    model = models.create_model(name, num_classes=num_classes)
+    tx, _ = make_optimizer({"name": "sgd", "lr": 0.01, "momentum": 0.9}, {"name": "constant"}, 1)
+    rng = np.random.default_rng(0)
+    data = {
+        "image": jnp.asarray(rng.standard_normal((batch, *input_shape), np.float32)),
+        "label": jnp.asarray(rng.integers(0, num_classes, batch), jnp.int32),
+    }
+    channels = input_shape[-1]
+    preprocess = Preprocess(mean=(0.0,) * channels, std=(1.0,) * channels)
+    with conv_impl(impl, force=True):  # traced (and so fixed) inside the block
+        state = create_train_state(model, tx, input_shape, seed=0)
+        step = jax.jit(
+            functools.partial(train_step, preprocess=preprocess, loss=info.loss), donate_argnums=0
+        )
+        forward = jax.jit(lambda v, x: model.apply(v, x, train=False)[0])
+        start = time.perf_counter()
+        compiled = step.lower(state, data).compile()
+        state, metrics = compiled(state, data)
+        jax.block_until_ready(metrics)
+        compile_s = time.perf_counter() - start
+        memory = compiled.memory_analysis()
+        # Copies: the train step donates (deletes) the state's buffers.
+        variables = jax.tree.map(
+            jnp.copy, {"params": state.params, "batch_stats": state.batch_stats}
+        )
+        jax.block_until_ready(forward(variables, data["image"]))
+
+    holder = {"state": state}
+
+    def train():
+        holder["state"], out = compiled(holder["state"], data)
+        jax.block_until_ready(out["loss"])
+
+    def evaluate():
+        jax.block_until_ready(forward(variables, data["image"]))
+
+    for _ in range(2):
+        train(), evaluate()
+    return {
+        "params": sum(p.size for p in jax.tree.leaves(state.params)),
+        "train_ips": median_ips(train, batch, windows, steps),
+        "eval_ips": median_ips(evaluate, batch, windows, steps),
+        "compile_s": compile_s,
+        "xla_train_step_bytes": int(memory.argument_size_in_bytes + memory.output_size_in_bytes
+                                    - memory.alias_size_in_bytes + memory.temp_size_in_bytes),
+        "peak_rss_mb": peak_rss_mb(),
+    }  # fmt: skip
+
+
+def measure_torch(name, input_shape, batch, num_classes, windows, steps, threads) -> dict:
+    import torch
+
+    from cnnjax.torch_reference import create_torch_model
+
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    model = create_torch_model(name, num_classes).to(memory_format=torch.channels_last)
+    params = sum(p.numel() for p in model.parameters())
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    h, w, c = input_shape
+    images = torch.randn(batch, c, h, w).contiguous(memory_format=torch.channels_last)
+    labels = torch.randint(0, num_classes, (batch,))
+    loss_fn = torch.nn.CrossEntropyLoss()
+
+    def train():
+        optimizer.zero_grad(set_to_none=True)
+        loss_fn(model(images), labels).backward()
+        optimizer.step()
+
+    def evaluate():
+        with torch.inference_mode():
+            model(images)
+
+    model.train()
+    for _ in range(2):
+        train()
+    train_ips = median_ips(train, batch, windows, steps)
+    model.eval()
+    for _ in range(2):
+        evaluate()
+    return {"params": params, "train_ips": train_ips,
+            "eval_ips": median_ips(evaluate, batch, windows, steps), "torch": torch.__version__,
+            "threads": threads}  # fmt: skip
+
+
+def run(name, batch, input_shape=None, compare=None, impl="auto", windows=5, steps=4,
+        threads=None, num_classes=None) -> dict:  # fmt: skip
+    """The benchmark as a dict (what `--json` prints); see the module docstring."""
+    import jax
+
+    from cnnjax import models
+    from cnnjax.analysis.devices import measure_device
+    from cnnjax.ext import onednn
+
+    info = models.model_info(name)
+    input_shape = tuple(info.input_shape if input_shape is None else input_shape)
+    num_classes = num_classes or info.num_classes
+    if batch < 1:
+        raise ConfigError(f"--batch_size={batch} must be at least 1")
+    ours = measure_jax(name, input_shape, batch, num_classes, impl, windows, steps)
+    from cnnjax.analysis.trace import trace_model
+
+    macs = trace_model(models.create_model(name, num_classes=num_classes), input_shape).macs
+    train_flops = 3 * 2 * macs  # forward + input gradient + weight gradient
+    peak = measure_device(matmul_size=1024, copy_mib=64, repeats=3).peak()
+    result = {
+        "model": name,
+        "batch_size": batch,
+        "input_shape": list(input_shape),
+        "num_classes": num_classes,
+        "params": ours["params"],
+        "backend": jax.default_backend(),
+        "impl": impl,
+        "onednn": onednn.version() if onednn.available() else None,
+        "jax": jax.__version__,
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores",
+        "jax_train_ips": ours["train_ips"],
+        "jax_eval_ips": ours["eval_ips"],
+        "compile_s": ours["compile_s"],
+        "jax_peak_rss_mb": ours["peak_rss_mb"],
+        "xla_train_step_mb": ours["xla_train_step_bytes"] / 2**20,
+        "train_gflops": ours["train_ips"] * train_flops / 1e9,
+        "matmul_peak_gflops": peak / 1e9,
+        "torch_train_ips": None,
+        "torch_eval_ips": None,
+        "train_ratio": None,
+        "eval_ratio": None,
+    }
+    if compare == "torch":
+        twin = measure_torch(name, input_shape, batch, num_classes, windows, steps,
+                             threads or os.cpu_count())  # fmt: skip
+        result.update(
+            torch_train_ips=twin["train_ips"],
+            torch_eval_ips=twin["eval_ips"],
+            train_ratio=ours["train_ips"] / twin["train_ips"],
+            eval_ratio=ours["eval_ips"] / twin["eval_ips"],
+            torch=twin["torch"],
+            torch_params=twin["params"],
+            params_match=twin["params"] == ours["params"],
+        )
+    return result
+
+
+def render(r: dict) -> str:
+    lines = [
+        f"{r['model']} batch {r['batch_size']} input {'x'.join(map(str, r['input_shape']))} on "
+        f"{r['machine']} ({r['backend']}, jax {r['jax']}, conv impl {r['impl']}, oneDNN "
+        f"{r['onednn'] or 'unavailable'})",
+        f"jax    train {r['jax_train_ips']:8.1f} img/s   eval {r['jax_eval_ips']:8.1f} img/s   "
+        f"compile {r['compile_s']:.1f} s   {r['train_gflops']:.1f} GFLOP/s training "
+        f"({r['train_gflops'] / r['matmul_peak_gflops']:.0%} of the {r['matmul_peak_gflops']:.0f}"
+        f" GFLOP/s matmul peak)   peak RSS {r['jax_peak_rss_mb']:.0f} MB, XLA step "
+        f"{r['xla_train_step_mb']:.0f} MB",
+    ]
+    if r["torch_train_ips"] is not None:
+        lines += [
+            f"torch  train {r['torch_train_ips']:8.1f} img/s   eval {r['torch_eval_ips']:8.1f} "
+            f"img/s   (torch {r['torch']}, {r['torch_params']:,} params, "
+            f"{'same count' if r['params_match'] else 'DIFFERENT count'})",
+            f"ratio  train {r['train_ratio']:8.2f}x        eval {r['eval_ratio']:8.2f}x",
+        ]
+    return "\n".join(lines)
+
+
+def main(argv):
+    if not flags.FLAGS["verbosity"].present:
+        logging.set_verbosity(logging.WARNING)
+    if len(argv) > 1:
+        fail(f"unexpected arguments {argv[1:]}")
+    from cnnjax.analysis.summary import parse_shape
+
+    try:
+        result = run(_MODEL.value, _BATCH.value, parse_shape(_INPUT.value), _COMPARE.value,
+                     _IMPL.value, _WINDOWS.value, _STEPS.value, _THREADS.value,
+                     _CLASSES.value)  # fmt: skip
+    except CnnjaxError as error:
+        fail(str(error))
+    except ImportError as error:
+        fail(f"{error}; --compare torch needs PyTorch: pip install -e '.[ref]'")
+    print(json.dumps(result) if _JSON.value else render(result))
+
+
+if __name__ == "__main__":
+    app.run(main)
