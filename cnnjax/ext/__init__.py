@@ -1,0 +1,1 @@
+"""Optional compiled extensions (built lazily, each with a pure-XLA fallback): `onednn`."""
