@@ -207,6 +207,7 @@ def run(name, batch, input_shape=None, compare=None, impl="auto", windows=5, ste
             train_ratio=ours["train_ips"] / twin["train_ips"],
             eval_ratio=ours["eval_ips"] / twin["eval_ips"],
             torch=twin["torch"],
+            threads=twin["threads"],
             torch_params=twin["params"],
             params_match=twin["params"] == ours["params"],
         )

@@ -1,0 +1,80 @@
+"""Training and inference speed of several networks against their PyTorch twins, as one table.
+
+    nice -n 10 python benchmarks/bench_table.py            # writes benchmarks/results/bench_cpu.md
+    python benchmarks/bench_table.py --impl xla --out /tmp/xla.md   # XLA's own convolutions
+
+Runs `cnnjax.bench.run(..., compare="torch")` (see `python -m cnnjax.bench --help`) for each
+entry of `ENTRIES` in one process, and writes the markdown table with the JSON records beside it
+(`.jsonl`). Needs PyTorch and torchvision (the `ref` extra).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import pathlib
+import sys
+
+import jax
+
+from cnnjax import bench
+
+DEFAULT_OUT = pathlib.Path(__file__).resolve().parent / "results" / "bench_cpu.md"
+# (model, batch, input shape, classes): the CIFAR-sized networks of issue 7.
+ENTRIES = [
+    ("resnet20", 128, (32, 32, 3), 10),
+    ("vgg16_cifar", 128, (32, 32, 3), 10),
+    ("mobilenet_v2", 128, (32, 32, 3), 10),
+    ("densenet_bc_100", 64, (32, 32, 3), 10),
+]
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--impl", default="auto", choices=["auto", "xla", "onednn"])
+    parser.add_argument("--models", default=",".join(e[0] for e in ENTRIES))
+    parser.add_argument("--windows", type=int, default=5)
+    parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument("--out", type=pathlib.Path, default=DEFAULT_OUT)
+    args = parser.parse_args(argv)
+    chosen = args.models.split(",")
+    records = []
+    for name, batch, shape, classes in ENTRIES:
+        if name not in chosen:
+            continue
+        record = bench.run(name, batch, shape, compare="torch", impl=args.impl,
+                           windows=args.windows, steps=args.steps, num_classes=classes)  # fmt: skip
+        print(bench.render(record), flush=True)
+        records.append(record)
+    first = records[0]
+    lines = [
+        "# Training and inference speed on CPU: cnnjax (JAX) vs PyTorch, same run",
+        "",
+        f"`python benchmarks/bench_table.py --impl {args.impl} --windows {args.windows} "
+        f"--steps {args.steps}`: {first['machine']}, jax {jax.__version__} ({first['backend']}),"
+        f" oneDNN {first['onednn'] or 'unavailable'} (cnnjax's FFI path), torch "
+        f"{first.get('torch')} with {first.get('threads', 'all')} threads, channels-last. "
+        "Images/second of the median of the timed windows; random float32 inputs, SGD with "
+        "momentum 0.9, cross-entropy; compile = first train step (trace + XLA compile + run).",
+        "",
+        "| model | batch | params (both) | JAX train img/s | PyTorch train img/s | train ratio "
+        "| JAX eval img/s | PyTorch eval img/s | eval ratio | compile s | train GFLOP/s |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for r in records:
+        same = "" if r["params_match"] else f" (torch {r['torch_params']:,})"
+        lines.append(
+            f"| {r['model']} | {r['batch_size']} | {r['params']:,}{same} | "
+            f"{r['jax_train_ips']:.1f} | {r['torch_train_ips']:.1f} | **{r['train_ratio']:.2f}** | "
+            f"{r['jax_eval_ips']:.1f} | {r['torch_eval_ips']:.1f} | **{r['eval_ratio']:.2f}** | "
+            f"{r['compile_s']:.1f} | {r['train_gflops']:.1f} |"
+        )
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text("\n".join(lines) + "\n")
+    args.out.with_suffix(".jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    print(f"wrote {args.out}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
