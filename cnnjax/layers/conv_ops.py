@@ -16,8 +16,9 @@ convolutions. All compute the same function (tested to float32 rounding).
 
 `conv_impl("xla")` makes "auto" mean "xla" inside a `with` block (`force=True`: "onednn" too).
 The analysis tools trace under it, so that they see `conv_general_dilated` equations; forward-mode
-differentiation (`jax.jvp`, Hessian-vector products) needs it too, since the oneDNN path is
-defined for reverse mode only.
+differentiation (`jax.jvp`, Hessian-vector products) needs `conv_impl("xla", force=True)` too,
+since the oneDNN path and batch norm's hand-written backward pass (`cnnjax.layers.norm`) are
+defined for reverse mode only; under it both use JAX's own differentiation rules.
 """
 
 from __future__ import annotations
@@ -60,6 +61,15 @@ def conv_impl(impl: str, force: bool = False) -> Iterator[None]:
         yield
     finally:
         _OVERRIDE.reset(token)
+
+
+def portable_autodiff() -> bool:
+    """Whether code traced now is inside `conv_impl("xla", force=True)`.
+
+    There every layer differentiates with JAX's own rules (no FFI kernels, no hand-written
+    VJPs), so that forward mode (`jax.jvp`) and higher derivatives work throughout.
+    """
+    return _OVERRIDE.get() == ("xla", True)
 
 
 def select_impl(impl: str, x, kernel, pads, layer: str = "conv") -> str:

@@ -12,11 +12,13 @@ from hypothesis import given, settings
 from jax.test_util import check_grads
 
 from cnnjax.errors import ConfigError, ShapeError
+from cnnjax.layers import conv_impl
 from cnnjax.layers.norm import (
     BatchNorm,
     ChannelDropout,
     Dropout,
     Dropout2d,
+    FlaxBatchNorm,
     LayerNorm,
     LocalResponseNorm,
     TorchBatchNorm,
@@ -72,7 +74,7 @@ def test_batchnorm_keeps_pytorch_defaults():
 def test_batchnorm_train_step_matches_numpy(shape, unbiased, offset):
     if np.prod(shape[:-1]) < 2:
         shape = (2, *shape[1:])
-    module = BatchNorm() if unbiased is None else TorchBatchNorm(unbiased_running_var=unbiased)
+    module = FlaxBatchNorm() if unbiased is None else TorchBatchNorm(unbiased_running_var=unbiased)
     x = normal(0, *shape, loc=offset, scale=2.0)
     channels = shape[-1]
     variables = {
@@ -95,7 +97,9 @@ def test_batchnorm_train_step_matches_numpy(shape, unbiased, offset):
     np.testing.assert_allclose(updates["batch_stats"]["var"], ref_var, **tol)
 
 
-@pytest.mark.parametrize("module", [BatchNorm(), TorchBatchNorm()], ids=["flax", "torch"])
+@pytest.mark.parametrize(
+    "module", [FlaxBatchNorm(), BatchNorm(), TorchBatchNorm()], ids=["flax", "ours", "torch"]
+)
 def test_batchnorm_eval_uses_running_averages(module):
     x = normal(0, 3, 4, 4, 2)
     variables = with_params(module.init(jax.random.PRNGKey(0), x, use_running_average=True), 1)
@@ -110,7 +114,7 @@ def test_batchnorm_eval_uses_running_averages(module):
 def test_torch_batchnorm_has_flax_variable_names_and_works_under_jit():
     x = normal(0, 4, 3, 3, 5)
     ours = TorchBatchNorm().init(jax.random.PRNGKey(0), x, use_running_average=False)
-    flax_bn = BatchNorm().init(jax.random.PRNGKey(0), x, use_running_average=False)
+    flax_bn = FlaxBatchNorm().init(jax.random.PRNGKey(0), x, use_running_average=False)
     assert jax.tree.map(jnp.shape, ours) == jax.tree.map(jnp.shape, flax_bn)
 
     @jax.jit
@@ -119,6 +123,46 @@ def test_torch_batchnorm_has_flax_variable_names_and_works_under_jit():
 
     y, updates = step(ours, x)
     assert y.shape == x.shape and updates["batch_stats"]["var"].shape == (5,)
+
+
+def _bn_loss(module, variables, x, probe):
+    y, updates = module.apply(variables, x, use_running_average=False, mutable=["batch_stats"])
+    stats = updates["batch_stats"]
+    # The statistics enter the loss too, so that their cotangents are checked (zero in training).
+    return jnp.vdot(jax.nn.relu(y), probe) + jnp.sum(stats["mean"] ** 2) + jnp.sum(stats["var"])
+
+
+@pytest.mark.parametrize("shape", [(4, 5, 5, 3), (16, 7), (2, 1, 1, 6)])
+def test_batchnorm_equals_flax_module_values_and_gradients(shape):
+    x = normal(0, *shape, loc=0.5, scale=2.0)
+    probe = normal(1, *shape)
+    variables = with_params(FlaxBatchNorm().init(jax.random.PRNGKey(0), x, True), 2)
+    variables["batch_stats"] = {"mean": normal(3, shape[-1]), "var": np.abs(normal(4, shape[-1]))}
+    ours = jax.jit(jax.value_and_grad(functools.partial(_bn_loss, BatchNorm()), argnums=(0, 1)))
+    flax_ = jax.jit(
+        jax.value_and_grad(functools.partial(_bn_loss, FlaxBatchNorm()), argnums=(0, 1))
+    )
+    (value, grads), (ref_value, ref_grads) = ours(variables, x, probe), flax_(variables, x, probe)
+    np.testing.assert_allclose(value, ref_value, rtol=1e-5)
+    # Flax's one-pass variance costs digits when a channel has two values (the last shape).
+    for got, want in zip(jax.tree.leaves(grads), jax.tree.leaves(ref_grads)):
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+
+
+def test_batch_norm_hand_written_backward_equals_autodiff_and_allows_jvp_when_portable():
+    x = normal(0, 8, 3, 3, 4, loc=2.0)
+    probe = normal(1, 8, 3, 3, 4)
+    variables = with_params(BatchNorm().init(jax.random.PRNGKey(0), x, True), 2)
+    loss = functools.partial(_bn_loss, BatchNorm())
+    fast = jax.grad(loss, argnums=(0, 1))(variables, x, probe)
+    with conv_impl("xla", force=True):  # JAX's own rules through the two-pass statistics
+        reference = jax.grad(loss, argnums=(0, 1))(variables, x, probe)
+        _, tangent = jax.jvp(lambda x: loss(variables, x, probe), (x,), (probe,))
+    for got, want in zip(jax.tree.leaves(fast), jax.tree.leaves(reference)):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(tangent, jnp.vdot(fast[1], probe), rtol=1e-4)
+    with pytest.raises(TypeError, match="custom_vjp"):
+        jax.jvp(lambda x: loss(variables, x, probe), (x,), (probe,))
 
 
 def test_batch_norm_function_eval_returns_running_stats_unchanged():
