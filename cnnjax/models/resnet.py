@@ -31,13 +31,18 @@ import jax.numpy as jnp
 
 from cnnjax.errors import ConfigError, unknown_choice
 from cnnjax.layers import BatchNorm, Conv2d, global_avg_pool, max_pool2d
+from cnnjax.layers.blurpool import blur_pool2d
 from cnnjax.layers.conv import he_normal_fan_out
+from cnnjax.layers.noise import make_dropout
 from cnnjax.models.convert import TorchReader, register_converter
 from cnnjax.models.registry import register
 
 ModuleDef = Any
 
 SHORTCUTS = ("A", "B", "none")
+# Where a BasicBlock's dropout sits (Li et al. 2019): after bn1 + ReLU (feeding conv2 + bn2), or
+# between conv1 and bn1.
+BLOCK_DROPOUT_POSITIONS = ("after_bn", "before_bn")
 
 
 def _last_norm(norm: ModuleDef, zero_init: bool) -> ModuleDef:
@@ -51,13 +56,19 @@ def _shortcut(block: nn.Module, x: jnp.ndarray, y: jnp.ndarray, train: bool) -> 
     if block.shortcut == "none":  # a "plain" network (the paper's baseline)
         return y
     if x.shape != y.shape:
+        antialias = getattr(block, "antialias", 1)
+        if antialias > 1:  # Zhang 2019: blurred subsampling, then a stride-1 projection
+            x = blur_pool2d(x, antialias, block.strides, layer=f"{block.name}/shortcut_blur")
+            strides = 1
+        else:
+            strides = block.strides
         if block.shortcut == "A":  # parameter-free: subsample, then zero channels
-            x = x[:, :: block.strides, :: block.strides, :]
+            x = x[:, ::strides, ::strides, :]
             zeros = jnp.zeros((*x.shape[:3], y.shape[-1] - x.shape[-1]), x.dtype)
             x = jnp.concatenate([x, zeros], axis=-1)
         else:
             x = block.conv(
-                features=y.shape[-1], kernel_size=1, strides=block.strides, padding=0, name="proj"
+                features=y.shape[-1], kernel_size=1, strides=strides, padding=0, name="proj"
             )(x)
             x = block.norm(use_running_average=not train, name="proj_bn")(x)
     return x + y
@@ -77,6 +88,13 @@ class BasicBlock(nn.Module):
       norm: normalization constructor taking `use_running_average`.
       act: activation function.
       zero_init_residual: initialize the scale of `bn2` to zero.
+      dropout_rate: rate of one dropout layer in the block (0: none).
+      dropout_position: "after_bn" (`conv1-bn1-relu-drop-conv2-bn2`) or "before_bn"
+        (`conv1-drop-bn1-relu-conv2-bn2`), see `BLOCK_DROPOUT_POSITIONS`.
+      dropout_kind: a kind of `cnnjax.layers.noise.make_dropout`.
+      antialias: binomial blur size of Zhang 2019 for a strided block (1: plain striding). Above
+        1, conv1 runs at stride 1 and `BlurPool(antialias, strides)` follows its ReLU (Zhang's
+        `BasicBlock`); the shortcut is blurred before it subsamples.
     """
 
     expansion: ClassVar[int] = 1
@@ -87,12 +105,33 @@ class BasicBlock(nn.Module):
     norm: ModuleDef
     act: Callable
     zero_init_residual: bool = False
+    dropout_rate: float = 0.0
+    dropout_position: str = "after_bn"
+    dropout_kind: str = "bernoulli"
+    antialias: int = 1
 
     @nn.compact
     def __call__(self, x: jnp.ndarray, train: bool) -> jnp.ndarray:
+        if self.dropout_position not in BLOCK_DROPOUT_POSITIONS:
+            raise ConfigError(
+                unknown_choice(
+                    "block dropout position", self.dropout_position, BLOCK_DROPOUT_POSITIONS
+                )  # fmt: skip
+            )
+
+        def drop(y, position):
+            if self.dropout_rate == 0.0 or position != self.dropout_position:
+                return y
+            return make_dropout(self.dropout_kind, self.dropout_rate, name="drop")(y, not train)
+
+        blur = self.antialias > 1 and self.strides > 1
         conv = functools.partial(self.conv, features=self.features, kernel_size=3, padding=1)
-        y = conv(strides=self.strides, name="conv1")(x)
+        y = conv(strides=1 if blur else self.strides, name="conv1")(x)
+        y = drop(y, "before_bn")
         y = self.act(self.norm(use_running_average=not train, name="bn1")(y))
+        if blur:
+            y = blur_pool2d(y, self.antialias, self.strides, layer=f"{self.name}/blur")
+        y = drop(y, "after_bn")
         y = conv(name="conv2")(y)
         last_norm = _last_norm(self.norm, self.zero_init_residual)
         y = last_norm(use_running_average=not train, name="bn2")(y)

@@ -23,8 +23,9 @@ import jax.numpy as jnp
 from cnnjax.errors import ConfigError, unknown_choice
 from cnnjax.layers import BatchNorm, Conv2d, global_avg_pool
 from cnnjax.layers.conv import he_normal_fan_out
+from cnnjax.layers.noise import make_dropout
 from cnnjax.models.registry import register
-from cnnjax.models.resnet import SHORTCUTS, BasicBlock
+from cnnjax.models.resnet import BLOCK_DROPOUT_POSITIONS, SHORTCUTS, BasicBlock
 
 __all__ = ["BLOCKS_PER_STAGE", "PUBLISHED_ERROR", "BasicBlock", "CifarResNet"]
 
@@ -49,6 +50,12 @@ class CifarResNet(nn.Module):
       norm: normalization constructor taking `use_running_average`.
       act: activation function.
       zero_init_residual: zero-initialize the scale of each block's last BN.
+      dropout_rate: dropout rate (0: none), for the BN-versus-dropout ablation (Li et al. 2019).
+      dropout_position: "after_bn" or "before_bn" (one dropout in every block, see
+        `BasicBlock`) or "head" (only on the pooled features, before the classifier).
+      dropout_kind: "bernoulli", "channel", "gaussian" or "uniform" (`make_dropout`).
+      antialias: binomial blur size of Zhang 2019's anti-aliased downsampling in the two strided
+        blocks (1: the paper's plain strided convs and subsampled shortcuts).
     """
 
     depth: int = 20
@@ -59,6 +66,10 @@ class CifarResNet(nn.Module):
     norm: ModuleDef = BatchNorm
     act: Callable = nn.relu
     zero_init_residual: bool = False
+    dropout_rate: float = 0.0
+    dropout_position: str = "after_bn"
+    dropout_kind: str = "bernoulli"
+    antialias: int = 1
 
     @nn.compact
     def __call__(self, x: jnp.ndarray, train: bool = False):
@@ -69,6 +80,10 @@ class CifarResNet(nn.Module):
             )
         if self.shortcut not in SHORTCUTS:
             raise ConfigError(unknown_choice("shortcut", self.shortcut, SHORTCUTS))
+        positions = (*BLOCK_DROPOUT_POSITIONS, "head")
+        if self.dropout_position not in positions:
+            raise ConfigError(unknown_choice("dropout position", self.dropout_position, positions))
+        in_blocks = self.dropout_position != "head"
         y = self.conv(features=self.width, kernel_size=3, name="stem_conv")(x)
         stem = self.act(self.norm(use_running_average=not train, name="stem_bn")(y))
         intermediates = {"stem": stem}
@@ -83,11 +98,19 @@ class CifarResNet(nn.Module):
                     norm=self.norm,
                     act=self.act,
                     zero_init_residual=self.zero_init_residual,
+                    dropout_rate=self.dropout_rate if in_blocks else 0.0,
+                    dropout_position=self.dropout_position if in_blocks else "after_bn",
+                    dropout_kind=self.dropout_kind,
+                    antialias=self.antialias,
                     name=f"stage{stage + 1}_block{block + 1}",
                 )(y, train)
             intermediates[f"stage{stage + 1}"] = y
         pre_logits = global_avg_pool(y)
         intermediates["pre_logits"] = pre_logits
+        if not in_blocks and self.dropout_rate > 0.0:
+            pre_logits = make_dropout(self.dropout_kind, self.dropout_rate, name="head_drop")(
+                pre_logits, not train
+            )
         logits = nn.Dense(self.num_classes, name="head")(pre_logits)
         return logits, intermediates
 

@@ -1,6 +1,6 @@
 """Training: config schema, train state, pure steps, optimizers, checkpoints and the loop."""
 
 from cnnjax.train.config import base_config, validate_config
-from cnnjax.train.loop import train_and_evaluate
+from cnnjax.train.loop import TrainedRun, train, train_and_evaluate
 
-__all__ = ["base_config", "train_and_evaluate", "validate_config"]
+__all__ = ["TrainedRun", "base_config", "train", "train_and_evaluate", "validate_config"]

@@ -14,6 +14,7 @@ from cnnjax.data.augment import PAD_MODES
 from cnnjax.data.pipeline import FIT_METHODS
 from cnnjax.data.sources import dataset_spec
 from cnnjax.errors import ConfigError, unknown_choice
+from cnnjax.layers.components import resolve_components
 from cnnjax.train.checkpoint import flatten
 from cnnjax.train.losses import LOSSES
 from cnnjax.train.optim import DECAY_MASKS, OPTIMIZERS, SCHEDULES
@@ -84,7 +85,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
         if key not in known and not key.startswith("model_kwargs."):
             raise ConfigError(unknown_choice("config key", key, known))
     info = models.model_info(config.model)
-    models.create_model(config.model, **config.model_kwargs.to_dict())
+    models.create_model(config.model, **resolve_components(config.model_kwargs.to_dict()))
     if config.loss and config.loss not in LOSSES:
         raise ConfigError(unknown_choice("loss", config.loss, LOSSES))
     if config.input_shape and len(config.input_shape) != len(info.input_shape):

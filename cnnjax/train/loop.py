@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
 import time
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import jax
 import ml_collections
@@ -16,6 +18,7 @@ from tqdm.auto import tqdm
 from cnnjax import models
 from cnnjax.data import dataset_spec, eval_batches, fit_source, load_source, read_all, train_batches
 from cnnjax.errors import ConfigError, NonFiniteLossError
+from cnnjax.layers.components import resolve_components
 from cnnjax.train.checkpoint import Checkpoints
 from cnnjax.train.config import validate_config
 from cnnjax.train.metrics import MetricWriter
@@ -91,6 +94,27 @@ def _is_due(step: int, every: int, last: int) -> bool:
     return step == last or (every > 0 and step % every == 0)
 
 
+@dataclasses.dataclass
+class TrainedRun:
+    """What `train` leaves for further measurements (the experiments' analyses).
+
+    Attributes:
+      result: final test metrics (loss, accuracy, correct, count, step).
+      state: the final `TrainState`.
+      model: the Flax module trained.
+      preprocess: the step's input normalization (and training augmentation).
+      eval_source: the evaluation split, fitted to the model's input shape.
+      train_source: the training split, likewise.
+    """
+
+    result: dict[str, float]
+    state: Any
+    model: Any
+    preprocess: Preprocess
+    eval_source: Any
+    train_source: Any
+
+
 def train_and_evaluate(
     config: ml_collections.ConfigDict, workdir: str, hooks: Sequence[Hook] = ()
 ) -> dict[str, float]:
@@ -104,11 +128,23 @@ def train_and_evaluate(
     Returns:
       Final test metrics: loss, accuracy, correct, count, step.
     """
+    return train(config, workdir, hooks).result
+
+
+def train(
+    config: ml_collections.ConfigDict, workdir: str, hooks: Sequence[Hook] = ()
+) -> TrainedRun:
+    """`train_and_evaluate`, also returning the final state, model and data (see `TrainedRun`).
+
+    A run whose last checkpoint is already the final step only restores it and evaluates.
+    """
     validate_config(config)
     spec = dataset_spec(config.dataset)
     info = models.model_info(config.model)
     model = models.create_model(
-        config.model, num_classes=spec.num_classes, **config.model_kwargs.to_dict()
+        config.model,
+        num_classes=spec.num_classes,
+        **resolve_components(config.model_kwargs.to_dict()),
     )
     input_shape = tuple(config.input_shape) or info.input_shape
     loss = config.loss or info.loss
@@ -179,7 +215,7 @@ def train_and_evaluate(
         f"{result['accuracy']:.4f} ({result['correct']}/{result['count']}) after {num_steps} "
         f"steps{note}"
     )
-    return result
+    return TrainedRun(result, state, model, preprocess, eval_source, train_source)
 
 
 def _channel_stats(spec, channels: int):

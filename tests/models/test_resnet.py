@@ -212,6 +212,51 @@ def test_bad_cifar_shortcut_names_the_choices():
         )
 
 
+def test_cifar_dropout_positions_act_only_in_training_and_keep_the_parameters():
+    x = jnp.asarray(np.random.default_rng(0).normal(size=(4, 32, 32, 3)), jnp.float32)
+    plain = models.create_model("resnet20", width=4)
+    variables = plain.init(jax.random.key(0), x)
+    reference = plain.apply(variables, x)[0]
+    rngs = {"dropout": jax.random.key(3)}
+    for position in ("after_bn", "before_bn", "head"):
+        for kind in ("bernoulli", "uniform"):
+            model = models.create_model("resnet20", width=4, dropout_rate=0.5,
+                                        dropout_position=position, dropout_kind=kind)  # fmt: skip
+            assert n_params(model.init(jax.random.key(0), x)) == n_params(variables)
+            np.testing.assert_array_equal(model.apply(variables, x)[0], reference)
+            noisy, _ = model.apply(variables, x, train=True, rngs=rngs, mutable=["batch_stats"])
+            clean, _ = plain.apply(variables, x, train=True, mutable=["batch_stats"])
+            assert not np.allclose(noisy[0], clean[0])
+    with pytest.raises(ConfigError, match="unknown dropout position 'middle'"):
+        models.create_model("resnet20", dropout_position="middle").init(jax.random.key(0), x)
+
+
+def test_cifar_antialias_blurs_the_strided_blocks_and_keeps_the_parameters():
+    x = jnp.asarray(np.random.default_rng(0).normal(size=(2, 32, 32, 3)), jnp.float32)
+    base = models.create_model("resnet20", width=4)
+    variables = base.init(jax.random.key(0), x)
+    same = models.create_model("resnet20", width=4, antialias=1).apply(variables, x)[0]
+    np.testing.assert_array_equal(same, base.apply(variables, x)[0])
+    for shortcut in ("A", "B"):
+        blurred = models.create_model("resnet20", width=4, antialias=3, shortcut=shortcut)
+        blur_vars = blurred.init(jax.random.key(0), x)
+        base_vars = models.create_model("resnet20", width=4, shortcut=shortcut).init(
+            jax.random.key(0), x
+        )
+        assert n_params(blur_vars) == n_params(base_vars)
+        logits, inter = blurred.apply(blur_vars, x)
+        assert logits.shape == (2, 10) and inter["stage3"].shape == (2, 8, 8, 16)
+    # A one-pixel circular shift changes the blurred network's features less than the plain one's.
+    shifted = jnp.roll(x, 1, axis=(1, 2))
+    blurred = models.create_model("resnet20", width=4, antialias=5)
+
+    def change(model):
+        f = lambda im: model.apply(variables, im)[1]["pre_logits"]  # noqa: E731
+        return float(jnp.linalg.norm(f(x) - f(shifted)) / jnp.linalg.norm(f(x)))
+
+    assert change(blurred) < change(base)
+
+
 def test_registered_names():
     assert set(models.list_models("resnet*")) == {
         f"resnet{d}" for d in (*RESNET_SPECS, *BLOCKS_PER_STAGE)

@@ -1,0 +1,118 @@
+"""Figures of the ablation experiments, from their `results.json` (the drivers and notebooks).
+
+Each function takes the `summary` rows and `runs` records of a results file (see
+`cnnjax.train.ablation`) and returns a matplotlib figure; `save_figures` writes them as PNGs.
+
+    import json
+    from cnnjax.analysis import ablation_plots
+    results = json.load(open("experiments/results/bn_dropout.json"))
+    ablation_plots.variance_shift_figure(results["summary"], results["runs"])
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from cnnjax.analysis.shift_invariance import SHIFT_MODES
+
+
+def _pyplot():
+    import matplotlib
+
+    if matplotlib.get_backend().lower() not in ("agg", "module://matplotlib_inline.backend_inline"):
+        matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _runs_of(records, arm):
+    return [r for r in records if r["arm"] == arm]
+
+
+def variance_shift_figure(rows, records):
+    """Running / test-time variance per BN layer, mean over channels and seeds, one line per arm."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(8, 4.5), constrained_layout=True)
+    for row in rows:
+        curve = np.mean([r["shift_per_layer"] for r in _runs_of(records, row["arm"])], axis=0)
+        ax.plot(range(1, len(curve) + 1), curve, marker="o", ms=3, label=row["arm"])
+    ax.axhline(1.0, color="k", lw=0.8)
+    ax.set(xlabel="BN layer (input to output)", ylabel="running var / test-time var",
+           title="Variance shift per BN layer (mean over channels and seeds)")  # fmt: skip
+    ax.legend(fontsize=8)
+    return fig
+
+
+def reestimation_figure(rows, records=None):
+    """Test accuracy per arm as trained and after re-estimating BN with dropout off."""
+    del records
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(8, 4), constrained_layout=True)
+    x = np.arange(len(rows))
+    bars = [(-0.2, "test_accuracy", "as trained"),
+            (0.2, "reestimated_accuracy", "BN re-estimated, dropout off")]  # fmt: skip
+    for offset, key, label in bars:
+        means = [100 * r[key] for r in rows]
+        stds = [100 * np.nan_to_num(r[key + "_std"]) for r in rows]
+        ax.bar(x + offset, means, 0.4, yerr=stds, capsize=3, label=label)
+    ax.set_xticks(x, [r["arm"] for r in rows], rotation=30, ha="right", fontsize=8)
+    low = min(100 * min(r["test_accuracy"], r["reestimated_accuracy"]) for r in rows)
+    ax.set(ylabel="test accuracy (%)", ylim=(max(0.0, low - 10), None))
+    ax.legend(fontsize=8)
+    return fig
+
+
+def diagonal_shift_figure(rows, records):
+    """Accuracy and agreement with the unshifted prediction along diagonal shifts, per arm."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(2, 2, figsize=(11, 7), constrained_layout=True, sharex=True)
+    for row in rows:
+        runs = _runs_of(records, row["arm"])
+        style = "--" if row["arm"].endswith("noaug") else "-"
+        for col, mode in enumerate(SHIFT_MODES):
+            shifts = runs[0][f"curve_{mode}"]["shift"]
+            for ax, key in zip(axes[:, col], ("accuracy", "agreement")):
+                values = 100 * np.mean([r[f"curve_{mode}"][key] for r in runs], axis=0)
+                ax.plot(shifts, values, style, marker="o", ms=3, label=row["arm"])
+                ax.set(title=f"{key}, {mode} diagonal shift", xlabel="shift (s, s) in pixels",
+                       ylabel=f"{key} (%)")  # fmt: skip
+    axes[0, 0].legend(fontsize=7)
+    return fig
+
+
+def consistency_figure(rows, records=None):
+    """Test accuracy against circular-shift consistency, mean ± std over seeds, per arm."""
+    del records
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6.5, 4.5), constrained_layout=True)
+    for row in rows:
+        ax.errorbar(100 * row["consistency_circular"], 100 * row["test_accuracy"],
+                    xerr=100 * np.nan_to_num(row["consistency_circular_std"]),
+                    yerr=100 * np.nan_to_num(row["test_accuracy_std"]), fmt="o", capsize=3,
+                    label=row["arm"])  # fmt: skip
+    ax.set(xlabel="consistency, circular shifts (%)", ylabel="test accuracy (%)",
+           title="Accuracy vs shift consistency (mean ± std over seeds)")  # fmt: skip
+    ax.legend(fontsize=7)
+    return fig
+
+
+FIGURES = {
+    "bn_dropout": {"variance_shift": variance_shift_figure, "accuracy": reestimation_figure},
+    "blur_pool": {"diagonal_shift": diagonal_shift_figure, "consistency": consistency_figure},
+}
+
+
+def save_figures(experiment: str, rows, records, folder: str) -> list[str]:
+    """Draws every figure of `experiment` ("bn_dropout" or "blur_pool") into `folder`."""
+    plt = _pyplot()
+    paths = []
+    for name, draw in FIGURES[experiment].items():
+        fig = draw(rows, records)
+        path = os.path.join(folder, f"{name}.png")
+        fig.savefig(path, dpi=120)
+        plt.close(fig)
+        paths.append(path)
+    return paths

@@ -1,0 +1,156 @@
+"""Ablation runner: every arm x seed of an experiment, resumable, summarized as mean ± std.
+
+An experiment names its arms (each a set of `--config.key=value`-style overrides of one training
+config) and a `measure(run, arm)` function computing extra numbers from the trained model. Each
+run lives in `workdir/<arm>/seed<k>/`: a run with a `result.json` is finished and skipped; an
+interrupted run resumes from its latest checkpoint (`cnnjax.train.train`). Results are aggregated
+per arm as mean and sample standard deviation over seeds.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import ml_collections
+import numpy as np
+
+from cnnjax.errors import ConfigError
+from cnnjax.train.loop import TrainedRun, _say, train
+
+
+@dataclasses.dataclass(frozen=True)
+class Arm:
+    """One experimental condition.
+
+    Attributes:
+      name: folder-safe identifier, e.g. "before_bn_0.5".
+      overrides: dotted config keys and values, e.g. `{"model_kwargs.dropout_rate": 0.5}`.
+      label: human-readable description for tables.
+    """
+
+    name: str
+    overrides: Mapping[str, Any]
+    label: str = ""
+
+
+def apply_overrides(config: ml_collections.ConfigDict, overrides: Mapping[str, Any]):
+    """A copy of `config` with dotted-key `overrides` set (new keys allowed in `model_kwargs`)."""
+    config = ml_collections.ConfigDict(config.to_dict())
+    for key, value in overrides.items():
+        *parents, leaf = key.split(".")
+        node = config
+        for parent in parents:
+            if parent not in node:
+                raise ConfigError(f"override {key!r}: the config has no {parent!r}")
+            node = node[parent]
+        if leaf not in node and parents != ["model_kwargs"]:
+            raise ConfigError(f"override {key!r}: the config has no key {leaf!r}")
+        if isinstance(value, tuple):
+            value = list(value)
+        if leaf in node:
+            node[leaf] = value
+        else:
+            with node.unlocked():
+                node[leaf] = value
+    return config
+
+
+def _write_json(path: str, payload) -> None:
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(payload, f, indent=2)
+    os.replace(tmp, path)  # a crash never leaves a half-written result
+
+
+def run_ablation(
+    base: ml_collections.ConfigDict,
+    arms: Sequence[Arm],
+    seeds: Sequence[int],
+    workdir: str,
+    measure: Callable[[TrainedRun, Arm], dict] | None = None,
+) -> list[dict]:
+    """Trains and measures every arm x seed not finished yet; returns all records.
+
+    Args:
+      base: the training config every arm starts from.
+      arms: the conditions.
+      seeds: `config.seed` values (model init, data order, augmentation and dropout).
+      workdir: experiment folder.
+      measure: extra measurements of a trained run, merged into its record.
+
+    Returns:
+      One dict per run: arm, seed, test loss/accuracy, wall seconds and the measurements.
+    """
+    names = [arm.name for arm in arms]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"arm names must be unique, got {names}")
+    records = []
+    for arm in arms:
+        for seed in seeds:
+            run_dir = os.path.join(workdir, arm.name, f"seed{seed}")
+            result_path = os.path.join(run_dir, "result.json")
+            if os.path.exists(result_path):
+                with open(result_path) as f:
+                    records.append(json.load(f))
+                continue
+            _say(f"== {arm.name} seed {seed} ({run_dir})")
+            config = apply_overrides(base, {**arm.overrides, "seed": seed})
+            start = time.perf_counter()
+            run = train(config, run_dir)
+            record = {"arm": arm.name, "label": arm.label, "seed": seed,
+                      "test_accuracy": run.result["accuracy"], "test_loss": run.result["loss"],
+                      "steps": run.result["step"]}  # fmt: skip
+            if measure is not None:
+                record.update(measure(run, arm))
+            record["wall_seconds"] = time.perf_counter() - start
+            _write_json(result_path, record)
+            records.append(record)
+    return records
+
+
+def summarize(records: Sequence[dict], metrics: Sequence[str]) -> list[dict]:
+    """Per arm (in first-seen order): n, and mean/std over seeds of each numeric metric."""
+    arms: dict[str, list[dict]] = {}
+    for record in records:
+        arms.setdefault(record["arm"], []).append(record)
+    rows = []
+    for arm, runs in arms.items():
+        row = {"arm": arm, "label": runs[0].get("label", ""), "n": len(runs)}
+        for metric in metrics:
+            values = [r[metric] for r in runs if r.get(metric) is not None]
+            row[metric] = float(np.mean(values)) if values else math.nan
+            row[metric + "_std"] = float(np.std(values, ddof=1)) if len(values) > 1 else math.nan
+        rows.append(row)
+    return rows
+
+
+def markdown_table(rows: Sequence[dict], columns: Mapping[str, str], percent=()) -> str:
+    """Markdown table of `summarize` rows: `columns` maps metric -> header; `percent` x100."""
+    head = "| arm | seeds | " + " | ".join(columns.values()) + " |"
+    sep = "| --- | ---: | " + " | ".join("---:" for _ in columns) + " |"
+    lines = [head, sep]
+    for row in rows:
+        cells = []
+        for metric in columns:
+            scale = 100.0 if metric in percent else 1.0
+            mean, std = row[metric] * scale, row[metric + "_std"] * scale
+            digits = 2 if metric in percent else 3
+            cells.append(f"{mean:.{digits}f}" + ("" if math.isnan(std) else f" ± {std:.{digits}f}"))
+        name = f"{row['arm']}" + (f" ({row['label']})" if row.get("label") else "")
+        lines.append(f"| {name} | {row['n']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def write_results(workdir: str, header: str, tables: Sequence[str], payload: dict) -> str:
+    """Writes `workdir/results.md` (header + tables) and `workdir/results.json`; returns the md."""
+    text = header.rstrip() + "\n\n" + "\n\n".join(t.rstrip() for t in tables) + "\n"
+    with open(os.path.join(workdir, "results.md"), "w") as f:
+        f.write(text)
+    _write_json(os.path.join(workdir, "results.json"), payload)
+    return text

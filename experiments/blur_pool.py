@@ -1,0 +1,103 @@
+"""Shift invariance with blur pooling (Zhang 2019): accuracy, consistency, diagonal-shift curves.
+
+  python -m experiments.blur_pool --config=configs/experiments/blur_pool.py:cpu \
+      --workdir=runs/blur_pool [--config.arms=resnet20-blur1,resnet20-blur3] [--config.seeds=0,1]
+
+Every arm x seed trains one network (resumable; finished runs are skipped), then measures on the
+test set (`cnnjax.analysis.shift_invariance`): consistency under two random shifts of up to
+`max_shift` pixels, circular and zero-padded crop, and accuracy / agreement with the unshifted
+prediction for diagonal shifts (s, s), s = 0..`curve_max_shift`. Writes results.md,
+results.json, diagonal_shift.png and consistency.png in the workdir.
+"""
+
+from __future__ import annotations
+
+import re
+
+from cnnjax.analysis import ablation_plots
+from cnnjax.analysis import shift_invariance as si
+from cnnjax.errors import ConfigError
+from cnnjax.train.ablation import Arm, markdown_table, run_ablation, summarize, write_results
+from experiments.common import launch, machine, take
+
+NETS = ("resnet20", "vgg")
+_ARM = re.compile(r"^(resnet20|vgg)-blur([1-7])(-noaug)?$")
+
+
+def parse_arm(name: str, config) -> Arm:
+    """ "<net>-blur<M>[-noaug]" (see the config's docstring) as an `Arm`."""
+    match = _ARM.match(name)
+    if not match:
+        raise ConfigError(
+            f"unknown arm {name!r}: use '<net>-blur<M>[-noaug]' with net in {NETS} and M in 1..7, "
+            "e.g. 'resnet20-blur3'"
+        )
+    net, size, noaug = match.group(1), int(match.group(2)), bool(match.group(3))
+    if net == "resnet20":
+        overrides = {"model": "resnet20", "model_kwargs.width": config.resnet_width,
+                     "model_kwargs.antialias": size}  # fmt: skip
+    else:
+        pool = "max" if size == 1 else f"max_blur:{size}:replicate"
+        overrides = {"model": "vgg16_cifar", "model_kwargs.width_multiplier": config.vgg_width,
+                     "model_kwargs.pool": pool}  # fmt: skip
+    if noaug:
+        overrides.update({"augment.crop_padding": 0, "augment.flip": False})
+    what = "baseline (plain striding)" if size == 1 else f"blur filter {size}"
+    return Arm(name, overrides, f"{net}, {what}" + (", no augmentation" if noaug else ""))
+
+
+def measure(run, arm, config) -> dict:
+    """Consistency (circular and crop) and diagonal-shift curves on the test set."""
+    images, labels = take(run.eval_source, max(config.consistency_images, config.curve_images))
+    variables = {"params": run.state.params, "batch_stats": run.state.batch_stats}
+    predict = si.make_predict(run.model, variables, run.preprocess)
+    pairs, curve = images[: config.consistency_images], images[: config.curve_images]
+    out = {}
+    for mode in si.SHIFT_MODES:
+        out[f"consistency_{mode}"] = si.consistency(predict, pairs, config.max_shift, mode)
+        out[f"curve_{mode}"] = si.diagonal_curve(
+            predict, curve, labels[: config.curve_images], config.curve_max_shift, mode
+        )
+    return out
+
+
+def report(config, records, workdir: str) -> str:
+    for record in records:  # curve endpoints as scalars, for the table
+        for mode in si.SHIFT_MODES:
+            curve = record[f"curve_{mode}"]
+            record[f"worst_accuracy_{mode}"] = min(curve["accuracy"])
+    metrics = ["test_accuracy", "consistency_circular", "consistency_crop",
+               "worst_accuracy_circular", "worst_accuracy_crop"]  # fmt: skip
+    rows = summarize(records, metrics)
+    table = markdown_table(
+        rows,
+        {"test_accuracy": "test acc. (%)", "consistency_circular": "consistency, circular (%)",
+         "consistency_crop": "consistency, crop (%)",
+         "worst_accuracy_circular": "worst acc. over diagonal shifts, circular (%)",
+         "worst_accuracy_crop": "worst acc., crop (%)"},
+        percent=metrics,
+    )  # fmt: skip
+    minutes = sum(r["wall_seconds"] for r in records) / 60
+    header = (
+        f"# Blur pooling and shift invariance ({config.size} size)\n\n"
+        f"{config.train.dataset}, {config.train.num_steps} steps of {config.train.batch_size} per "
+        f"run, seeds {list(config.seeds)}; ResNet-20 width {config.resnet_width}, VGG-16 (CIFAR) "
+        f"width x{config.vgg_width}; {machine()}; {minutes:.0f} min of training and measuring. "
+        f"Consistency: two random shifts in [-{config.max_shift}, {config.max_shift}]^2 of "
+        f"{config.consistency_images} test images; diagonal shifts 0..{config.curve_max_shift} on "
+        f"{config.curve_images}."
+    )
+    ablation_plots.save_figures("blur_pool", rows, records, workdir)
+    payload = {"config": config.to_dict(), "summary": rows, "runs": records}
+    return write_results(workdir, header, [table], payload)
+
+
+def run(config, workdir: str) -> str:
+    arms = [parse_arm(name.strip(), config) for name in config.arms.split(",") if name.strip()]
+    records = run_ablation(config.train, arms, [int(s) for s in config.seeds], workdir,
+                           lambda trained, arm: measure(trained, arm, config))  # fmt: skip
+    return report(config, records, workdir)
+
+
+if __name__ == "__main__":
+    launch(run, "configs/experiments/blur_pool.py[:size]")

@@ -1,0 +1,148 @@
+"""BN versus dropout ordering (Li et al. 2019): accuracy and the measured variance shift.
+
+  python -m experiments.bn_dropout --config=configs/experiments/bn_dropout.py:cpu \
+      --workdir=runs/bn_dropout [--config.arms=none,before_bn_0.5] [--config.seeds=0,1]
+
+Every arm x seed trains ResNet-20 (resumable; finished runs are skipped), then measures on the
+test set, per BN layer, the running variance over the test-time variance of the layer's input
+(`cnnjax.analysis.variance_shift`), re-estimates the BN statistics with dropout off and measures
+accuracy and shift again. A toy (dropout -> BN on Gaussian inputs, and dropout -> 64-wide linear
+unit -> BN) compares the measured shift with the analytic prediction. Writes results.md,
+results.json, variance_shift.png and accuracy.png in the workdir.
+"""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+
+from cnnjax.analysis import ablation_plots
+from cnnjax.analysis import variance_shift as vs
+from cnnjax.analysis.shift_invariance import make_predict
+from cnnjax.errors import ConfigError
+from cnnjax.layers.noise import DROPOUT_KINDS
+from cnnjax.train.ablation import Arm, markdown_table, run_ablation, summarize, write_results
+from experiments.common import batched, launch, machine, take
+
+POSITIONS = ("after_bn", "before_bn", "head")
+_ARM = re.compile(rf"^({'|'.join(POSITIONS)})(?:_({'|'.join(DROPOUT_KINDS)}))?_([0-9.]+)$")
+
+
+def parse_arm(name: str) -> Arm:
+    """ "none", or "<position>[_<kind>]_<rate>" (see the config's docstring) as an `Arm`."""
+    if name == "none":
+        return Arm("none", {"model_kwargs.dropout_rate": 0.0}, "no dropout")
+    match = _ARM.match(name)
+    if not match:
+        raise ConfigError(
+            f"unknown arm {name!r}: use 'none' or '<position>[_<kind>]_<rate>' with position in "
+            f"{POSITIONS} and kind in {DROPOUT_KINDS}, e.g. 'before_bn_0.5'"
+        )
+    position, kind, rate = match.group(1), match.group(2) or "bernoulli", float(match.group(3))
+    overrides = {"model_kwargs.dropout_rate": rate, "model_kwargs.dropout_position": position,
+                 "model_kwargs.dropout_kind": kind}  # fmt: skip
+    what = {"after_bn": "conv-bn-relu-drop", "before_bn": "conv-drop-bn-relu",
+            "head": "before the classifier"}[position]  # fmt: skip
+    return Arm(name, overrides, f"{kind} {rate:g}, {what}")
+
+
+def measure(run, arm, config) -> dict:
+    """Variance shift and accuracy before and after re-estimating BN with dropout off."""
+    test_images, test_labels = take(run.eval_source, config.measure_images)
+    train_images, _ = take(run.train_source, config.reestimate_images)
+    prep = run.preprocess
+    test_batches = [prep(b) for b in batched(test_images, 500)]
+    train_batches = [prep(b) for b in batched(train_images, run_batch_size(config))]
+    variables = {"params": run.state.params, "batch_stats": run.state.batch_stats}
+    before = vs.variance_shift(run.model, variables, test_batches)
+    fixed = vs.reestimate_batch_stats(run.model, variables, train_batches)
+    after = vs.variance_shift(run.model, fixed, test_batches)
+    predict = make_predict(run.model, fixed, prep)
+    layers = list(before)
+    return {
+        "reestimated_accuracy": float(np.mean(predict(test_images) == test_labels)),
+        "shift_mean": float(np.mean([before[k]["mean_ratio"] for k in layers])),
+        "shift_max": float(np.max([before[k]["mean_ratio"] for k in layers])),
+        "shift_after_mean": float(np.mean([after[k]["mean_ratio"] for k in layers])),
+        "layers": layers,
+        "shift_per_layer": [before[k]["mean_ratio"] for k in layers],
+        "shift_after_per_layer": [after[k]["mean_ratio"] for k in layers],
+    }
+
+
+def run_batch_size(config) -> int:
+    return int(config.train.batch_size)
+
+
+def toy_rows(config) -> list[dict]:
+    """Predicted versus simulated shift for each dropout kind and rate."""
+    rows = []
+    weights = np.random.default_rng(0).normal(size=64)
+    cases = [
+        ("direct, mean 0", 1, 0.0, 0.0),
+        ("direct, mean 1", 1, 1.0, 0.0),
+        ("64-wide linear, corr 0", 64, 0.0, 0.0),
+        ("64-wide linear, corr 0.5", 64, 0.0, 0.5),
+    ]
+    for kind in ("bernoulli", "uniform"):
+        for rate in config.toy_rates:
+            for case, width, mean, corr in cases:
+                if width == 1:
+                    predicted = vs.predicted_shift(kind, rate, mean)
+                else:
+                    predicted = vs.predicted_linear_shift(kind, rate, weights, mean, 1.0, corr)
+                measured = vs.simulate_toy_shift(kind, rate, mean, 1.0, width, corr,
+                                                 steps=config.toy_steps)  # fmt: skip
+                rows.append(dict(kind=kind, rate=rate, case=case, predicted=predicted,
+                                 measured=measured))  # fmt: skip
+    return rows
+
+
+def report(config, records, toy, workdir: str) -> str:
+    metrics = [
+        "test_accuracy",
+        "reestimated_accuracy",
+        "shift_mean",
+        "shift_max",
+        "shift_after_mean",
+    ]
+    rows = summarize(records, metrics)
+    table = markdown_table(
+        rows,
+        {"test_accuracy": "test acc. (%)", "reestimated_accuracy": "acc. after BN re-est. (%)",
+         "shift_mean": "shift (mean over BN layers)", "shift_max": "shift (worst layer)",
+         "shift_after_mean": "shift after re-est."},
+        percent=("test_accuracy", "reestimated_accuracy"),
+    )  # fmt: skip
+    toy_lines = [
+        "| noise | rate | case | predicted | measured |",
+        "| --- | ---: | --- | ---: | ---: |",
+    ]
+    toy_lines += [f"| {t['kind']} | {t['rate']:g} | {t['case']} | {t['predicted']:.4f} | "
+                  f"{t['measured']:.4f} |" for t in toy]  # fmt: skip
+    minutes = sum(r["wall_seconds"] for r in records) / 60
+    header = (
+        f"# BN vs dropout ({config.size} size)\n\n"
+        f"Model {config.train.model} (width {config.train.model_kwargs.width}) on "
+        f"{config.train.dataset}, {config.train.num_steps} steps of {config.train.batch_size}, "
+        f"seeds {list(config.seeds)}; {machine()}; {minutes:.0f} min of training and measuring. "
+        "Shift = running variance / test-time variance of each BN layer's input (1 = none)."
+    )
+    toy_note = "Toy: dropout -> (linear unit ->) BN, analytic prediction vs the trained BN layer."
+    ablation_plots.save_figures("bn_dropout", rows, records, workdir)
+    payload = {"config": config.to_dict(), "summary": rows, "runs": records, "toy": toy}
+    return write_results(
+        workdir, header, [table, toy_note + "\n\n" + "\n".join(toy_lines)], payload
+    )
+
+
+def run(config, workdir: str) -> str:
+    arms = [parse_arm(name.strip()) for name in config.arms.split(",") if name.strip()]
+    records = run_ablation(config.train, arms, [int(s) for s in config.seeds], workdir,
+                           lambda trained, arm: measure(trained, arm, config))  # fmt: skip
+    return report(config, records, toy_rows(config), workdir)
+
+
+if __name__ == "__main__":
+    launch(run, "configs/experiments/bn_dropout.py[:size]")

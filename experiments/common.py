@@ -1,0 +1,65 @@
+"""Pieces shared by the experiment drivers: flags, data access and plotting setup."""
+
+from __future__ import annotations
+
+import os
+import platform
+
+import jax
+import numpy as np
+
+from cnnjax.data import eval_batches
+
+
+def take(source, count: int, batch_size: int = 500) -> tuple[np.ndarray, np.ndarray]:
+    """The first `count` examples of a source as `(uint8 images, int labels)`."""
+    images, labels = [], []
+    seen = 0
+    for batch in eval_batches(source, batch_size):
+        real = int(np.asarray(batch["mask"]).sum())
+        images.append(np.asarray(batch["image"])[:real])
+        labels.append(np.asarray(batch["label"])[:real])
+        seen += real
+        if seen >= count:
+            break
+    return np.concatenate(images)[:count], np.concatenate(labels)[:count]
+
+
+def batched(array: np.ndarray, size: int):
+    """Consecutive slices of `size` rows (the last one shorter)."""
+    return [array[i : i + size] for i in range(0, len(array), size)]
+
+
+def machine() -> str:
+    """One line naming the hardware and JAX version, for result pages."""
+    device = jax.devices()[0]
+    return (
+        f"{platform.machine()}, {os.cpu_count()} cores, JAX {jax.__version__} "
+        f"({device.platform}: {device.device_kind})"
+    )
+
+
+def launch(run, config_help: str) -> None:
+    """The command line of an experiment: `--config=FILE[:size]`, `--workdir=DIR`, overrides.
+
+    Flags are defined here, when a driver runs as `__main__`, so that importing drivers (tests,
+    notebooks) defines none. `run(config, workdir)` returns the results page, which is printed.
+    """
+    from absl import app, flags
+    from ml_collections import config_flags
+
+    from cnnjax.errors import CnnjaxError, fail
+
+    config = config_flags.DEFINE_config_file("config", None, config_help)
+    workdir = flags.DEFINE_string("workdir", None, "Experiment folder (one subfolder per run).")
+    flags.mark_flags_as_required(["config", "workdir"])
+
+    def main(argv):
+        if len(argv) > 1:
+            fail(f"unexpected arguments {argv[1:]}; use --config.key=value to change the config")
+        try:
+            print(run(config.value, workdir.value))
+        except CnnjaxError as error:
+            fail(str(error))
+
+    app.run(main)

@@ -1,0 +1,100 @@
+"""The experiment drivers end to end at their smoke size (synthetic data, seconds per run)."""
+
+import json
+import os
+import pathlib
+
+import pytest
+
+from cnnjax.errors import ConfigError
+from cnnjax.train.ablation import Arm, apply_overrides, markdown_table, summarize
+from cnnjax.train.config import base_config
+from configs.experiments import blur_pool as blur_config
+from configs.experiments import bn_dropout as bn_config
+from experiments import blur_pool, bn_dropout
+
+
+def test_apply_overrides_sets_nested_keys_and_rejects_unknown_ones():
+    config = apply_overrides(base_config(), {"optimizer.lr": 0.5, "model_kwargs.width": 4})
+    assert config.optimizer.lr == 0.5 and config.model_kwargs.width == 4
+    assert base_config().optimizer.lr != 0.5  # the base is not modified
+    with pytest.raises(ConfigError, match="no key 'lrr'"):
+        apply_overrides(base_config(), {"optimizer.lrr": 1.0})
+
+
+def test_summarize_gives_mean_and_sample_std_per_arm():
+    records = [{"arm": "a", "acc": 0.5}, {"arm": "a", "acc": 0.7}, {"arm": "b", "acc": 0.9}]
+    rows = summarize(records, ["acc"])
+    assert rows[0]["acc"] == pytest.approx(0.6) and rows[0]["acc_std"] == pytest.approx(
+        0.1414, 1e-3
+    )
+    table = markdown_table(rows, {"acc": "accuracy (%)"}, percent=("acc",))
+    assert "| a | 2 | 60.00 ± 14.14 |" in table and "| b | 1 | 90.00 |" in table
+
+
+def test_arm_names_parse_and_bad_ones_are_explained():
+    arm = bn_dropout.parse_arm("before_bn_uniform_0.3")
+    assert arm.overrides["model_kwargs.dropout_kind"] == "uniform"
+    assert arm.overrides["model_kwargs.dropout_rate"] == 0.3
+    assert bn_dropout.parse_arm("none") == Arm("none", {"model_kwargs.dropout_rate": 0.0},
+                                                "no dropout")  # fmt: skip
+    with pytest.raises(ConfigError, match="before_bn"):
+        bn_dropout.parse_arm("beforebn_0.5")
+    config = blur_config.get_config("cpu")
+    vgg = blur_pool.parse_arm("vgg-blur5-noaug", config)
+    assert vgg.overrides["model_kwargs.pool"] == "max_blur:5:replicate"
+    assert vgg.overrides["augment.crop_padding"] == 0
+    with pytest.raises(ConfigError, match="resnet20"):
+        blur_pool.parse_arm("resnet18-blur3", config)
+
+
+def _run_twice(module, config, workdir):
+    text = module.run(config, str(workdir))
+    first = {p: os.path.getmtime(p) for p in workdir.glob("*/seed*/result.json")}
+    module.run(config, str(workdir))  # finished runs are skipped, not retrained
+    assert first == {p: os.path.getmtime(p) for p in workdir.glob("*/seed*/result.json")}
+    return text, json.loads((workdir / "results.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory):
+    """Both experiments at their smoke size, each run twice (the second finds every run done)."""
+    out = {}
+    experiments = [("bn_dropout", bn_dropout, bn_config.get_config("smoke")),
+                   ("blur_pool", blur_pool, blur_config.get_config("smoke"))]  # fmt: skip
+    for name, module, config in experiments:
+        workdir = tmp_path_factory.mktemp(name)
+        out[name] = (workdir, config, *_run_twice(module, config, workdir))
+    return out
+
+
+def test_bn_dropout_smoke_runs_end_to_end_and_resumes(smoke):
+    workdir, _, text, results = smoke["bn_dropout"]
+    assert "| before_bn_0.5 (bernoulli 0.5, conv-drop-bn-relu) | 1 |" in text
+    run = results["runs"][0]
+    assert len(run["shift_per_layer"]) == 19 and run["layers"][0] == "stem_bn"
+    assert all(r["measured"] > 0 for r in results["toy"])
+    for name in ("results.md", "variance_shift.png", "accuracy.png"):
+        assert (workdir / name).stat().st_size > 0
+
+
+def test_blur_pool_smoke_runs_end_to_end(smoke):
+    workdir, config, text, results = smoke["blur_pool"]
+    assert "resnet20-blur3" in text and "vgg-blur3-noaug" in text
+    run = results["runs"][0]
+    assert run["curve_circular"]["shift"] == list(range(config.curve_max_shift + 1))
+    assert 0.0 <= run["consistency_crop"] <= 1.0
+    for name in ("results.md", "diagonal_shift.png", "consistency.png"):
+        assert (workdir / name).stat().st_size > 0
+
+
+def test_notebook_redraws_the_figures_from_results_files(smoke, tmp_path):
+    for name, (workdir, *_) in smoke.items():
+        (tmp_path / f"{name}.json").write_text((workdir / "results.json").read_text())
+    notebook = json.loads(pathlib.Path("notebooks/ablations.ipynb").read_text())
+    code = ["".join(cell["source"]) for cell in notebook["cells"] if cell["cell_type"] == "code"]
+    namespace = {}
+    exec(code[0], namespace)  # imports and load()
+    namespace["RESULTS"] = tmp_path
+    for cell in code[1:]:
+        exec(cell, namespace)
