@@ -5,6 +5,7 @@ Pure functions are collected in `cnnjax.layers.functional`; modules and factorie
 
 from cnnjax.layers.blocks import ORDER_TOKENS, ConvBlock, parse_order
 from cnnjax.layers.blurpool import BlurAvgPool, BlurPool, ConvBlurPool, MaxBlurPool
+from cnnjax.layers.components import resolve_component, resolve_components
 from cnnjax.layers.conv import (
     CONV_KINDS,
     Conv1d,
@@ -16,6 +17,7 @@ from cnnjax.layers.conv import (
     make_conv,
 )
 from cnnjax.layers.conv_ops import CONV_IMPLS, conv_impl
+from cnnjax.layers.noise import DROPOUT_KINDS, NoiseDropout, make_dropout
 from cnnjax.layers.norm import (
     BatchNorm,
     ChannelDropout,
@@ -52,6 +54,11 @@ from cnnjax.layers.special_pooling import (
 __all__ = [
     "CONV_IMPLS",
     "CONV_KINDS",
+    "DROPOUT_KINDS",
+    "NoiseDropout",
+    "make_dropout",
+    "resolve_component",
+    "resolve_components",
     "conv_impl",
     "ORDER_TOKENS",
     "PAD_MODES",

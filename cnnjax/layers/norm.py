@@ -77,11 +77,13 @@ def _check_momentum_epsilon(momentum: float, epsilon: float) -> None:
 def _normalize_forward(xs, scale, bias, epsilon):
     axes = tuple(range(xs.ndim - 1))
     mean = xs.mean(axes)
-    centered = xs - mean
     # Two-pass variance: stable when |mean| >> std, unlike E[x^2] - E[x]^2.
-    var = jnp.square(centered).mean(axes)
+    var = jnp.square(xs - mean).mean(axes)
     inv_std = lax.rsqrt(var + epsilon)
-    return centered * (inv_std * scale) + bias, mean, var, inv_std
+    # `x * gain + shift` rather than `(x - mean) * gain + bias`: XLA would otherwise share (and so
+    # write out) the centered activations between this pass and the variance's reduction.
+    gain = inv_std * scale
+    return xs * gain + (bias - mean * gain), mean, var, inv_std
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
@@ -100,14 +102,15 @@ def _normalize_train_bwd(epsilon, residuals, cotangents):
     dy, dmean, dvar = cotangents  # dmean, dvar: zero unless the statistics feed the loss
     axes = tuple(range(xs.ndim - 1))
     count = math.prod(xs.shape[:-1])
-    centered = xs - mean
     dbias = dy.sum(axes)
-    dy_centered = (dy * centered).sum(axes)
-    dx = (scale * inv_std) * (
-        dy - dbias / count - centered * (jnp.square(inv_std) * dy_centered / count)
-    )
-    dx = dx + dmean / count + centered * (2.0 / count * dvar)
-    return dx, dy_centered * inv_std, dbias
+    # x_hat written unlike the forward's `xs - mean`, and dx below in terms of `xs`: XLA would
+    # otherwise merge the shared expressions and write the centered activations out.
+    dscale = (dy * (xs * inv_std - mean * inv_std)).sum(axes)
+    # dx = k (count dy - dbias - x_hat dscale), x_hat = (x - mean) inv_std
+    k = scale * inv_std / count
+    slope = k * inv_std * dscale - 2.0 / count * dvar
+    dx = (k * count) * dy - xs * slope + (mean * slope - k * dbias + dmean / count)
+    return dx, dscale, dbias
 
 
 _normalize_train.defvjp(_normalize_train_fwd, _normalize_train_bwd)

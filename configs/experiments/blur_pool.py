@@ -17,7 +17,7 @@ striding, the baseline); "-noaug" trains without random crops and flips.
 
 import ml_collections
 
-from cnnjax.train.config import base_config
+from cnnjax.train.config import cifar_sgd_config
 
 _CPU_ARMS = ("resnet20-blur1,resnet20-blur2,resnet20-blur3,resnet20-blur5,vgg-blur1,vgg-blur3,"
              "vgg-blur5,resnet20-blur1-noaug,resnet20-blur3-noaug")  # fmt: skip
@@ -49,27 +49,9 @@ def get_config(arg="smoke"):
     c.max_shift = 4  # random offsets in [-4, 4] on each axis (the augmentation's range)
     c.curve_max_shift = 8  # diagonal shifts (s, s) for s = 0..8
 
-    t = base_config()
+    lr = 0.05 if arg == "smoke" else 0.1
+    t = cifar_sgd_config(size["steps"], size["batch"], size["dataset"], lr, arg == "paper")
     t.model = "resnet20"
-    t.dataset = size["dataset"]
-    t.batch_size = size["batch"]
-    t.num_steps = size["steps"]
-    t.optimizer.name = "sgd"
-    t.optimizer.lr = 0.1 if arg != "smoke" else 0.05
-    t.optimizer.momentum = 0.9
-    t.optimizer.weight_decay = 5e-4
-    t.optimizer.decay_mask = "kernels"
-    if arg == "paper":
-        t.schedule.name = "piecewise"
-        t.schedule.boundaries = (32_000, 48_000)
-    else:
-        t.schedule.name = "cosine"
-        t.schedule.warmup_steps = max(1, size["steps"] // 16)
-    t.augment.crop_padding = 4
-    t.augment.flip = True
-    t.log_every = max(1, size["steps"] // 6)
-    t.eval_every = 0
-    t.checkpoint_every = max(1, size["steps"] // 3)
     t.progress = arg != "smoke"
     c.train = t
     return c

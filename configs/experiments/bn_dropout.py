@@ -18,7 +18,7 @@ for kind "gaussian" or "uniform" (Li et al.'s Uout, rate = beta).
 
 import ml_collections
 
-from cnnjax.train.config import base_config
+from cnnjax.train.config import cifar_sgd_config
 
 SIZES = {
     "smoke": dict(dataset="synthetic", width=4, steps=8, batch=16, seeds=(0,), measure=32,
@@ -47,29 +47,11 @@ def get_config(arg="smoke"):
     c.toy_rates = (0.5,) if arg == "smoke" else (0.1, 0.3, 0.5)
     c.toy_steps = 20 if arg == "smoke" else 400
 
-    t = base_config()
+    t = cifar_sgd_config(
+        size["steps"], size["batch"], size["dataset"], paper_schedule=arg == "paper"
+    )
     t.model = "resnet20"
     t.model_kwargs.width = size["width"]
-    t.dataset = size["dataset"]
-    t.batch_size = size["batch"]
-    t.num_steps = size["steps"]
-    t.optimizer.name = "sgd"
-    t.optimizer.lr = 0.1
-    t.optimizer.momentum = 0.9
-    t.optimizer.weight_decay = 5e-4
-    t.optimizer.decay_mask = "kernels"
-    if arg == "paper":  # He et al. 2016: lr / 10 at 32k and 48k of 64k iterations
-        t.schedule.name = "piecewise"
-        t.schedule.boundaries = (32_000, 48_000)
-    else:
-        t.schedule.name = "cosine"
-        t.schedule.warmup_steps = max(1, size["steps"] // 16)
-    t.augment.crop_padding = 4
-    t.augment.flip = True
-    t.log_every = max(1, size["steps"] // 8)
-    t.eval_every = 0
-    t.checkpoint_every = max(1, size["steps"] // 4)
-    t.eval_batch_size = 500
     t.progress = arg != "smoke"
     c.train = t
     return c
