@@ -31,6 +31,8 @@ from cnnjax.ext import onednn
 DEFAULT_OUT = pathlib.Path(__file__).resolve().parent / "results" / "conv_ops.md"
 # name: (N, H, W, C_in, C_out, kernel, stride, groups)
 CASES = {
+    "3x3_resnet20_stage1": (128, 32, 32, 16, 16, 3, 1, 1),
+    "3x3_resnet20_stage3": (128, 8, 8, 64, 64, 3, 1, 1),
     "3x3_cifar": (128, 32, 32, 64, 64, 3, 1, 1),
     "3x3_strided_cifar": (128, 32, 32, 32, 64, 3, 2, 1),
     "1x1_cifar": (128, 16, 16, 128, 128, 1, 1, 1),
