@@ -53,7 +53,8 @@ def measure(run, arm, config) -> dict:
     train_images, _ = take(run.train_source, config.reestimate_images)
     prep = run.preprocess
     test_batches = [prep(b) for b in batched(test_images, 500)]
-    train_batches = [prep(b) for b in batched(train_images, run_batch_size(config))]
+    # BN re-estimated in training mode on the training batch size, without augmentation.
+    train_batches = [prep(b) for b in batched(train_images, int(config.train.batch_size))]
     variables = {"params": run.state.params, "batch_stats": run.state.batch_stats}
     before = vs.variance_shift(run.model, variables, test_batches)
     fixed = vs.reestimate_batch_stats(run.model, variables, train_batches)
@@ -69,10 +70,6 @@ def measure(run, arm, config) -> dict:
         "shift_per_layer": [before[k]["mean_ratio"] for k in layers],
         "shift_after_per_layer": [after[k]["mean_ratio"] for k in layers],
     }
-
-
-def run_batch_size(config) -> int:
-    return int(config.train.batch_size)
 
 
 def toy_rows(config) -> list[dict]:

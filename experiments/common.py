@@ -45,7 +45,7 @@ def launch(run, config_help: str) -> None:
     Flags are defined here, when a driver runs as `__main__`, so that importing drivers (tests,
     notebooks) defines none. `run(config, workdir)` returns the results page, which is printed.
     """
-    from absl import app, flags
+    from absl import app, flags, logging
     from ml_collections import config_flags
 
     from cnnjax.errors import CnnjaxError, fail
@@ -55,6 +55,8 @@ def launch(run, config_help: str) -> None:
     flags.mark_flags_as_required(["config", "workdir"])
 
     def main(argv):
+        if not flags.FLAGS["verbosity"].present:
+            logging.set_verbosity(logging.WARNING)  # orbax logs every checkpoint at INFO
         if len(argv) > 1:
             fail(f"unexpected arguments {argv[1:]}; use --config.key=value to change the config")
         try:

@@ -179,6 +179,7 @@ def train(
         bar = tqdm(total=num_steps, initial=start_step, desc=config.model, dynamic_ncols=True,
                    disable=None if config.progress else True, leave=False)  # fmt: skip
         last_good = checkpoints.latest_step
+        result = None  # the last step is always evaluated in the loop; a finished run is not
         for step in range(start_step + 1, num_steps + 1):
             state, metrics = train_step(state, next(batches))
             interval.add(step, metrics)
@@ -205,7 +206,8 @@ def train(
             for hook in hooks:
                 hook(step, state)
         bar.close()
-        result = evaluate(eval_step, state, eval_source, config.eval_batch_size)
+        if result is None:  # restored a finished run: nothing ran, evaluate it here
+            result = evaluate(eval_step, state, eval_source, config.eval_batch_size)
     finally:
         checkpoints.close()
     result["step"] = num_steps
