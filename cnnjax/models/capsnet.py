@@ -109,15 +109,22 @@ def dynamic_routing(
             f"dynamic_routing expects u_hat of shape (B, num_in, num_out, dim_out), "
             f"got {u_hat.shape}"
         )
-    b = jnp.zeros(u_hat.shape[:3], u_hat.dtype)
+    b = None  # routing logits, all zero at first
     detached = jax.lax.stop_gradient(u_hat) if stop_gradient else u_hat
     for iteration in range(num_iterations):
         last = iteration == num_iterations - 1
         u = u_hat if last else detached
-        c = jax.nn.softmax(b, axis=-1)
+        # softmax of zeros is uniform; written as such, XLA need not constant-fold a softmax
+        # over the whole (B, num_in, num_out) array (seconds of compile time at batch 500).
+        c = (
+            jnp.full(u_hat.shape[:3], 1.0 / u_hat.shape[2], u_hat.dtype)
+            if b is None
+            else jax.nn.softmax(b, axis=-1)
+        )
         v = squash(jnp.einsum("bij,bijd->bjd", c, u))
         if not last:
-            b = b + jnp.einsum("bijd,bjd->bij", u, v)
+            agreement = jnp.einsum("bijd,bjd->bij", u, v)
+            b = agreement if b is None else b + agreement
     return v, c
 
 
