@@ -8,7 +8,8 @@ architecture trains (loss falls, test accuracy far above chance, no divergence);
 recipes for good accuracy. "Small configs for the big ones": ImageNet models train on CIFAR-10
 (the JPEG q75 copy) at 32x32, or at the smallest size their downsampling allows (AlexNet and
 ZFNet 64x64, the paper-layout AlexNet 67x67, Inception v3 75x75 without its auxiliary head), for
-300 steps of 32 images (a fifth of an epoch). Measured results: README "Model zoo" and experiments/results/smoke_zoo.md.
+300 steps of 32 images (a fifth of an epoch). Measured results: README "Model zoo" and
+experiments/results/smoke_zoo.md.
 """
 
 from cnnjax.errors import ConfigError, unknown_choice

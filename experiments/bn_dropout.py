@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import re
 
+import jax
 import numpy as np
 
 from cnnjax.analysis import ablation_plots
@@ -53,8 +54,12 @@ def measure(run, arm, config) -> dict:
     train_images, _ = take(run.train_source, config.reestimate_images)
     prep = run.preprocess
     test_batches = [prep(b) for b in batched(test_images, 500)]
-    # BN re-estimated in training mode on the training batch size, without augmentation.
-    train_batches = [prep(b) for b in batched(train_images, int(config.train.batch_size))]
+    # BN re-estimated as it was trained (training batch size, the training augmentation) but
+    # with dropout off, so that the fix isolates dropout's share of the shift: the augmentation's
+    # own share (black crop borders, train vs test inputs) is also in the "none" arm.
+    key = jax.random.PRNGKey(config.reestimate_seed)
+    train_batches = [prep(b, jax.random.fold_in(key, i)) for i, b in
+                     enumerate(batched(train_images, int(config.train.batch_size)))]  # fmt: skip
     variables = {"params": run.state.params, "batch_stats": run.state.batch_stats}
     before = vs.variance_shift(run.model, variables, test_batches)
     fixed = vs.reestimate_batch_stats(run.model, variables, train_batches)

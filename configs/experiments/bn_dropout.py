@@ -44,6 +44,7 @@ def get_config(arg="smoke"):
     c.seeds = size["seeds"]
     c.measure_images = size["measure"]  # test images for the variance shift and re-estimation
     c.reestimate_images = min(size["measure"], 5_000)  # training images to re-estimate BN with
+    c.reestimate_seed = 0  # of their augmentation
     c.toy_rates = (0.5,) if arg == "smoke" else (0.1, 0.3, 0.5)
     c.toy_steps = 20 if arg == "smoke" else 400
 
