@@ -199,7 +199,11 @@ def batch_norm(
                 f"training, got input shape {x.shape}"
             )
         if portable_autodiff():
-            y, mean, var, *_ = _normalize_forward(xs, _one(scale, xs), _zero(bias, xs), epsilon)
+            # The textbook two-pass graph for JAX to differentiate (no `lax.cond`, whose
+            # linearization would keep both branches' residuals alive).
+            mean = xs.mean(tuple(range(xs.ndim - 1)))
+            var = jnp.square(xs - mean).mean(tuple(range(xs.ndim - 1)))
+            y = (xs - mean) * lax.rsqrt(var + epsilon) * _one(scale, xs) + _zero(bias, xs)
         else:
             y, mean, var = _normalize_train(xs, _one(scale, xs), _zero(bias, xs), epsilon)
         correction = count / (count - 1) if unbiased_running_var else 1.0
