@@ -32,16 +32,25 @@ def _runs_of(records, arm):
     return [r for r in records if r["arm"] == arm]
 
 
-def variance_shift_figure(rows, records):
-    """Running / test-time variance per BN layer, mean over channels and seeds, one line per arm."""
+def variance_shift_figure(rows, records, key: str = "shift_pooled_per_layer"):
+    """Running / test-time variance per BN layer, mean over seeds, one line per arm.
+
+    `key`: "shift_pooled_per_layer" (summed over channels, then divided) or the per-channel
+    ratio's "shift_median_per_layer" / "shift_per_layer" (mean).
+    """
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(8, 4.5), constrained_layout=True)
     for row in rows:
-        curve = np.mean([r["shift_per_layer"] for r in _runs_of(records, row["arm"])], axis=0)
+        runs = _runs_of(records, row["arm"])
+        if key not in runs[0]:  # records written before the pooled ratio existed
+            key = "shift_per_layer"
+        curve = np.mean([r[key] for r in runs], axis=0)
         ax.plot(range(1, len(curve) + 1), curve, marker="o", ms=3, label=row["arm"])
     ax.axhline(1.0, color="k", lw=0.8)
+    what = {"shift_pooled_per_layer": "pooled over channels",
+            "shift_median_per_layer": "median channel"}.get(key, "mean channel")  # fmt: skip
     ax.set(xlabel="BN layer (input to output)", ylabel="running var / test-time var",
-           title="Variance shift per BN layer (mean over channels and seeds)")  # fmt: skip
+           title=f"Variance shift per BN layer ({what}, mean over seeds)")  # fmt: skip
     ax.legend(fontsize=8)
     return fig
 

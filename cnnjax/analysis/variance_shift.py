@@ -145,7 +145,8 @@ def variance_shift(model, variables, batches) -> dict[str, dict[str, float]]:
     """Per BN layer: running variance over the test-time variance of its input.
 
     Returns:
-      `{path: {"mean_ratio", "median_ratio", "min_ratio", "max_ratio"}}` over the channels
+      `{path: {"pooled_ratio", "mean_ratio", "median_ratio", "min_ratio", "max_ratio"}}`: summed
+      running over summed test variance, and statistics of the per-channel ratios
       (channels with a test variance below 1e-12 of the layer's largest are skipped: dead ReLUs).
     """
     stats = bn_input_statistics(model, variables, batches)
@@ -155,6 +156,8 @@ def variance_shift(model, variables, batches) -> dict[str, dict[str, float]]:
         alive = test_var > 1e-12 * max(float(test_var.max()), 1e-30)
         ratio = running_var[alive] / test_var[alive]
         out[path] = {
+            # Channels weighted by their variance: robust to near-dead channels.
+            "pooled_ratio": float(running_var[alive].sum() / test_var[alive].sum()),
             "mean_ratio": float(ratio.mean()),
             "median_ratio": float(np.median(ratio)),
             "min_ratio": float(ratio.min()),
