@@ -8,11 +8,13 @@ and a jitted eval-mode forward pass. PyTorch (`--compare torch`, needs the `ref`
 from `cnnjax.torch_reference` with the same layers and parameter count, channels-last, SGD with
 momentum 0.9, `torch.inference_mode` for evaluation, as many threads as JAX has cores. Each is
 warmed up (compilation, oneDNN kernel generation, allocator), then timed over `--windows`
-windows of `--steps` steps; images/second is the median window's. Also reported: the time of
-the first train step (compile_s: tracing + XLA compilation + first run), the process's peak
-memory after the JAX measurements, XLA's memory analysis of the train step, and the achieved
-GFLOP/s (3x the forward FLOPs per training image, 2x MACs) against this machine's measured
-float32 matmul peak.
+windows of `--steps` steps; images/second is the median window's. The windows of the four
+measurements (JAX train, PyTorch train, JAX eval, PyTorch eval) alternate, so that a change in
+the machine's load during the run affects both sides of each ratio alike. Also reported: the
+time of the first train step (compile_s: tracing + XLA compilation + first run), the process's
+peak memory once the JAX model is compiled and warmed up, XLA's memory analysis of the train
+step, and the achieved GFLOP/s (3x the forward FLOPs per training image, 2x MACs) against this
+machine's measured float32 matmul peak.
 """
 
 from __future__ import annotations
@@ -43,22 +45,28 @@ flags.mark_flag_as_required("model")
 flags.DEFINE_alias("batch-size", "batch_size")
 
 
-def median_ips(run_step, batch: int, windows: int, steps: int) -> float:
-    """Images/second of the median of `windows` timed windows of `steps` calls each."""
-    rates = []
+def median_ips(runners: dict, batch: int, windows: int, steps: int) -> dict[str, float]:
+    """Images/second of each runner: the median of `windows` timed windows of `steps` calls.
+
+    The runners take turns window by window (round robin), so that slow drifts in the machine's
+    load are shared between them rather than falling on whichever was measured last.
+    """
+    rates: dict[str, list[float]] = {name: [] for name in runners}
     for _ in range(windows):
-        start = time.perf_counter()
-        for _ in range(steps):
-            run_step()
-        rates.append(steps * batch / (time.perf_counter() - start))
-    return statistics.median(rates)
+        for name, run_step in runners.items():
+            start = time.perf_counter()
+            for _ in range(steps):
+                run_step()
+            rates[name].append(steps * batch / (time.perf_counter() - start))
+    return {name: statistics.median(values) for name, values in rates.items()}
 
 
 def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
-def measure_jax(name, input_shape, batch, num_classes, impl, windows, steps) -> dict:
+def prepare_jax(name, input_shape, batch, num_classes, impl) -> tuple[dict, dict]:
+    """(facts, {"train": step, "eval": forward}) of our model, compiled and warmed up."""
     import jax
     import jax.numpy as jnp
     import numpy as np
@@ -108,18 +116,18 @@ def measure_jax(name, input_shape, batch, num_classes, impl, windows, steps) -> 
 
     for _ in range(2):
         train(), evaluate()
-    return {
+    facts = {
         "params": sum(p.size for p in jax.tree.leaves(state.params)),
-        "train_ips": median_ips(train, batch, windows, steps),
-        "eval_ips": median_ips(evaluate, batch, windows, steps),
         "compile_s": compile_s,
         "xla_train_step_bytes": int(memory.argument_size_in_bytes + memory.output_size_in_bytes
                                     - memory.alias_size_in_bytes + memory.temp_size_in_bytes),
         "peak_rss_mb": peak_rss_mb(),
     }  # fmt: skip
+    return facts, {"train": train, "eval": evaluate}
 
 
-def measure_torch(name, input_shape, batch, num_classes, windows, steps, threads) -> dict:
+def prepare_torch(name, input_shape, batch, num_classes, threads) -> tuple[dict, dict]:
+    """(facts, {"train": step, "eval": forward}) of the PyTorch twin, warmed up."""
     import torch
 
     from cnnjax.torch_reference import create_torch_model
@@ -135,24 +143,22 @@ def measure_torch(name, input_shape, batch, num_classes, windows, steps, threads
     loss_fn = torch.nn.CrossEntropyLoss()
 
     def train():
+        if not model.training:
+            model.train()
         optimizer.zero_grad(set_to_none=True)
         loss_fn(model(images), labels).backward()
         optimizer.step()
 
     def evaluate():
+        if model.training:
+            model.eval()
         with torch.inference_mode():
             model(images)
 
-    model.train()
     for _ in range(2):
-        train()
-    train_ips = median_ips(train, batch, windows, steps)
-    model.eval()
-    for _ in range(2):
-        evaluate()
-    return {"params": params, "train_ips": train_ips,
-            "eval_ips": median_ips(evaluate, batch, windows, steps), "torch": torch.__version__,
-            "threads": threads}  # fmt: skip
+        train(), evaluate()
+    facts = {"params": params, "torch": torch.__version__, "threads": threads}
+    return facts, {"train": train, "eval": evaluate}
 
 
 def run(name, batch, input_shape=None, compare=None, impl="auto", windows=5, steps=4,
@@ -169,7 +175,16 @@ def run(name, batch, input_shape=None, compare=None, impl="auto", windows=5, ste
     num_classes = num_classes or info.num_classes
     if batch < 1:
         raise ConfigError(f"--batch_size={batch} must be at least 1")
-    ours = measure_jax(name, input_shape, batch, num_classes, impl, windows, steps)
+    ours, jax_runners = prepare_jax(name, input_shape, batch, num_classes, impl)
+    runners = {"jax_train": jax_runners["train"]}
+    if compare == "torch":
+        twin, torch_runners = prepare_torch(name, input_shape, batch, num_classes,
+                                            threads or os.cpu_count())  # fmt: skip
+        runners["torch_train"] = torch_runners["train"]
+    runners["jax_eval"] = jax_runners["eval"]
+    if compare == "torch":
+        runners["torch_eval"] = torch_runners["eval"]
+    ips = median_ips(runners, batch, windows, steps)
     from cnnjax.analysis.trace import trace_model
 
     macs = trace_model(models.create_model(name, num_classes=num_classes), input_shape).macs
@@ -186,12 +201,12 @@ def run(name, batch, input_shape=None, compare=None, impl="auto", windows=5, ste
         "onednn": onednn.version() if onednn.available() else None,
         "jax": jax.__version__,
         "machine": f"{platform.machine()}, {os.cpu_count()} cores",
-        "jax_train_ips": ours["train_ips"],
-        "jax_eval_ips": ours["eval_ips"],
+        "jax_train_ips": ips["jax_train"],
+        "jax_eval_ips": ips["jax_eval"],
         "compile_s": ours["compile_s"],
         "jax_peak_rss_mb": ours["peak_rss_mb"],
         "xla_train_step_mb": ours["xla_train_step_bytes"] / 2**20,
-        "train_gflops": ours["train_ips"] * train_flops / 1e9,
+        "train_gflops": ips["jax_train"] * train_flops / 1e9,
         "matmul_peak_gflops": peak / 1e9,
         "torch_train_ips": None,
         "torch_eval_ips": None,
@@ -199,13 +214,11 @@ def run(name, batch, input_shape=None, compare=None, impl="auto", windows=5, ste
         "eval_ratio": None,
     }
     if compare == "torch":
-        twin = measure_torch(name, input_shape, batch, num_classes, windows, steps,
-                             threads or os.cpu_count())  # fmt: skip
         result.update(
-            torch_train_ips=twin["train_ips"],
-            torch_eval_ips=twin["eval_ips"],
-            train_ratio=ours["train_ips"] / twin["train_ips"],
-            eval_ratio=ours["eval_ips"] / twin["eval_ips"],
+            torch_train_ips=ips["torch_train"],
+            torch_eval_ips=ips["torch_eval"],
+            train_ratio=ips["jax_train"] / ips["torch_train"],
+            eval_ratio=ips["jax_eval"] / ips["torch_eval"],
             torch=twin["torch"],
             threads=twin["threads"],
             torch_params=twin["params"],

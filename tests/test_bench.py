@@ -31,3 +31,11 @@ def test_torch_comparison_fills_the_ratios():
     pytest.importorskip("torch")
     result = bench.run("resnet20", batch=2, windows=1, steps=1, compare="torch")
     assert result["params_match"] and result["train_ratio"] > 0 and result["eval_ratio"] > 0
+
+
+def test_timed_windows_alternate_between_the_measurements():
+    calls = []
+    runners = {name: (lambda name=name: calls.append(name)) for name in ("a", "b", "c")}
+    rates = bench.median_ips(runners, batch=8, windows=3, steps=2)
+    assert calls == ["a", "a", "b", "b", "c", "c"] * 3
+    assert set(rates) == {"a", "b", "c"} and all(rate > 0 for rate in rates.values())

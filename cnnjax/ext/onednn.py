@@ -41,6 +41,8 @@ TARGETS = {
     "fwd": "cnnjax_conv_fwd",
     "bwd_data": "cnnjax_conv_bwd_data",
     "bwd_weights": "cnnjax_conv_bwd_weights",
+    "fused": "cnnjax_conv_fused",
+    "fused_add": "cnnjax_conv_fused_add",
 }
 _log = logging.getLogger(__name__)
 _state: dict = {}
@@ -241,3 +243,68 @@ def conv2d(x, kernel, strides, pads, dilation, groups: int = 1):
     config = (tuple(map(int, strides)), tuple(tuple(map(int, p)) for p in pads),
               tuple(map(int, dilation)), int(groups))  # fmt: skip
     return _conv(x, kernel, config)
+
+
+# Activations the fused kernel applies (oneDNN eltwise post-ops), by the FFI attribute's code.
+FUSED_ACTS = {None: 0, "relu": 1, "relu6": 2}
+
+
+def _fused_call(x, kernel, bias, residual, config, act):
+    out = jax.ShapeDtypeStruct(_output_shape(x.shape, kernel.shape, *config[:3]), jnp.float32)
+    attributes = dict(_attributes(*config), act=np.int64(FUSED_ACTS[act]))
+    if residual is None:
+        call = jax.ffi.ffi_call(TARGETS["fused"], out, vmap_method="sequential")
+        return call(x, kernel, bias, **attributes)
+    # The residual's buffer becomes the output: oneDNN's sum post-op adds to it in place.
+    call = jax.ffi.ffi_call(
+        TARGETS["fused_add"], out, vmap_method="sequential", input_output_aliases={3: 0}
+    )
+    return call(x, kernel, bias, residual, **attributes)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5))
+def _fused(x, kernel, bias, residual, config, act):
+    return _fused_call(x, kernel, bias, residual, config, act)
+
+
+def _fused_forward(x, kernel, bias, residual, config, act):
+    y = _fused_call(x, kernel, bias, residual, config, act)
+    return y, (x, kernel, y, residual is None)
+
+
+def _fused_backward(config, act, residuals, dy):
+    x, kernel, y, no_residual = residuals
+    if act == "relu":
+        dy = jnp.where(y > 0, dy, 0.0)
+    elif act == "relu6":
+        dy = jnp.where((y > 0) & (y < 6), dy, 0.0)
+    dx = _call("bwd_data", dy, kernel, x.shape, config)
+    dkernel = _call("bwd_weights", x, dy, kernel.shape, config)
+    return dx, dkernel, dy.sum((0, 1, 2)), None if no_residual else dy
+
+
+_fused.defvjp(_fused_forward, _fused_backward)
+
+
+def conv2d_fused(x, kernel, bias, residual=None, act=None, strides=(1, 1),
+                 pads=((0, 0), (0, 0)), dilation=(1, 1), groups: int = 1):  # fmt: skip
+    """`act(conv2d(x, kernel) + bias [+ residual])` as one oneDNN kernel (bias, sum and
+    activation as post-ops), so the output is written once: an inference-time fusion (see
+    `cnnjax.layers.fusion`).
+
+    Args:
+      x, kernel, strides, pads, dilation, groups: as for `conv2d` (2-D only).
+      bias: `(O,)` float32.
+      residual: None or an `(N, OH, OW, O)` float32 tensor added before the activation.
+      act: None, "relu" or "relu6" (`FUSED_ACTS`).
+
+    Returns:
+      `(N, OH, OW, O)`. Differentiable in reverse mode (the backward pass uses the unfused
+      backward-data and backward-weights kernels).
+    """
+    load()
+    config = (tuple(map(int, strides)), tuple(tuple(map(int, p)) for p in pads),
+              tuple(map(int, dilation)), int(groups))  # fmt: skip
+    if act not in FUSED_ACTS:
+        raise ValueError(f"fused activation must be one of {list(FUSED_ACTS)}, got {act!r}")
+    return _fused(x, kernel, bias, residual, config, act)

@@ -17,6 +17,7 @@ from cnnjax.layers.conv import (
     make_conv,
 )
 from cnnjax.layers.conv_ops import CONV_IMPLS, conv_impl
+from cnnjax.layers.fusion import conv_bn_act, fold_batchnorm, inference_fusion
 from cnnjax.layers.noise import DROPOUT_KINDS, NoiseDropout, make_dropout
 from cnnjax.layers.norm import (
     BatchNorm,
@@ -60,6 +61,9 @@ __all__ = [
     "resolve_component",
     "resolve_components",
     "conv_impl",
+    "conv_bn_act",
+    "fold_batchnorm",
+    "inference_fusion",
     "ORDER_TOKENS",
     "PAD_MODES",
     "AdaptiveAvgPool2d",

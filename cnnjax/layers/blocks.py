@@ -20,6 +20,7 @@ import jax.numpy as jnp
 
 from cnnjax.errors import ConfigError, unknown_choice
 from cnnjax.layers.conv import make_conv
+from cnnjax.layers.fusion import conv_bn_act
 from cnnjax.layers.norm import BatchNorm, ChannelDropout
 from cnnjax.layers.shapes import PaddingSpec
 
@@ -142,12 +143,18 @@ class ConvBlock(nn.Module):
         norm_kwargs = {}
         if _accepts(self.norm, "use_running_average"):
             norm_kwargs["use_running_average"] = not train
+        conv = functools.partial(
+            self.conv, features=self.features, kernel_size=self.kernel_size, strides=self.strides,
+            padding=self.padding, use_bias=use_bias, name="conv",
+        )  # fmt: skip
+        if tokens[:2] == ("conv", "bn"):  # foldable at inference (`cnnjax.layers.fusion`)
+            with_act = tokens[2:3] == ("act",)
+            bn = self.norm(name="bn", **norm_kwargs)
+            x = conv_bn_act(conv(), bn, x, self.act if with_act else None)
+            tokens = tokens[3 if with_act else 2 :]
         for token in tokens:
             if token == "conv":
-                x = self.conv(
-                    features=self.features, kernel_size=self.kernel_size, strides=self.strides,
-                    padding=self.padding, use_bias=use_bias, name="conv",
-                )(x)  # fmt: skip
+                x = conv()(x)
             elif token == "bn":
                 x = self.norm(name="bn", **norm_kwargs)(x)
             elif token == "act":

@@ -31,6 +31,7 @@ import jax.numpy as jnp
 from cnnjax.errors import ConfigError
 from cnnjax.layers import BatchNorm, Conv2d, DepthwiseConv2d, global_avg_pool
 from cnnjax.layers.conv import he_normal_fan_out
+from cnnjax.layers.fusion import conv_bn_act
 from cnnjax.models.convert import TorchReader, register_converter
 from cnnjax.models.registry import module_fields, register
 
@@ -134,19 +135,26 @@ class MobileNetV1(nn.Module):
     def __call__(self, x: jnp.ndarray, train: bool = False):
         _check_width(self.alpha, "alpha")
         norm = _bind_train(self.norm, train)
-        y = self.conv(features=self._width(32), kernel_size=3, strides=2, padding=1,
-                      name="stem_conv")(x)  # fmt: skip
-        y = self.act(norm(name="stem_bn")(y))
+        conv = self.conv(
+            features=self._width(32), kernel_size=3, strides=2, padding=1, name="stem_conv"
+        )
+        y = conv_bn_act(conv, norm(name="stem_bn"), x, self.act)
         intermediates = {"stem": y}
         for s, stage in enumerate(self.stages, start=1):
             for b, (filters, stride) in enumerate(stage, start=1):
                 prefix = f"stage{s}_block{b}"
-                y = self.depthwise_conv(features=y.shape[-1], kernel_size=3, strides=stride,
-                                        padding=1, name=f"{prefix}_dw")(y)  # fmt: skip
-                y = self.act(norm(name=f"{prefix}_dw_bn")(y))
-                y = self.conv(features=self._width(filters), kernel_size=1, padding=0,
-                              name=f"{prefix}_pw")(y)  # fmt: skip
-                y = self.act(norm(name=f"{prefix}_pw_bn")(y))
+                conv = self.depthwise_conv(
+                    features=y.shape[-1],
+                    kernel_size=3,
+                    strides=stride,
+                    padding=1,
+                    name=f"{prefix}_dw",
+                )
+                y = conv_bn_act(conv, norm(name=f"{prefix}_dw_bn"), y, self.act)
+                conv = self.conv(
+                    features=self._width(filters), kernel_size=1, padding=0, name=f"{prefix}_pw"
+                )
+                y = conv_bn_act(conv, norm(name=f"{prefix}_pw_bn"), y, self.act)
             intermediates[f"stage{s}"] = y
         pre_logits = global_avg_pool(y)
         intermediates["pre_logits"] = pre_logits
@@ -176,15 +184,16 @@ class InvertedResidual(nn.Module):
         hidden = int(round(x.shape[-1] * self.expansion))
         y = x
         if self.expansion != 1:
-            y = self.conv(features=hidden, kernel_size=1, padding=0, name="expand_conv")(y)
-            y = self.act(norm(name="expand_bn")(y))
-        y = self.depthwise_conv(features=hidden, kernel_size=3, strides=self.strides, padding=1,
-                                name="dw_conv")(y)  # fmt: skip
-        y = self.act(norm(name="dw_bn")(y))
+            conv = self.conv(features=hidden, kernel_size=1, padding=0, name="expand_conv")
+            y = conv_bn_act(conv, norm(name="expand_bn"), y, self.act)
+        conv = self.depthwise_conv(
+            features=hidden, kernel_size=3, strides=self.strides, padding=1, name="dw_conv"
+        )
+        y = conv_bn_act(conv, norm(name="dw_bn"), y, self.act)
         # Linear bottleneck (Sec. 3.2): a ReLU here would destroy information in the thin layer.
-        y = self.conv(features=self.features, kernel_size=1, padding=0, name="project_conv")(y)
-        y = norm(name="project_bn")(y)
-        return x + y if self.strides == 1 and x.shape[-1] == self.features else y
+        project = self.conv(features=self.features, kernel_size=1, padding=0, name="project_conv")
+        residual = x if self.strides == 1 and x.shape[-1] == self.features else None
+        return conv_bn_act(project, norm(name="project_bn"), y, residual=residual)
 
 
 class MobileNetV2(nn.Module):
@@ -236,9 +245,14 @@ class MobileNetV2(nn.Module):
         self._check_config()
         norm = _bind_train(self.norm, train)
         width = functools.partial(make_divisible, divisor=self.round_nearest)
-        y = self.conv(features=width(32 * self.width_mult), kernel_size=3, strides=2, padding=1,
-                      name="stem_conv")(x)  # fmt: skip
-        y = self.act(norm(name="stem_bn")(y))
+        conv = self.conv(
+            features=width(32 * self.width_mult),
+            kernel_size=3,
+            strides=2,
+            padding=1,
+            name="stem_conv",
+        )
+        y = conv_bn_act(conv, norm(name="stem_bn"), x, self.act)
         intermediates = {"stem": y}
         for s, (t, c, n, stride) in enumerate(self.spec, start=1):
             for b in range(n):
@@ -254,8 +268,8 @@ class MobileNetV2(nn.Module):
                 )(y, train)
             intermediates[f"stage{s}"] = y
         last = width(self.last_channel * max(1.0, self.width_mult))
-        y = self.conv(features=last, kernel_size=1, padding=0, name="last_conv")(y)
-        y = self.act(norm(name="last_bn")(y))
+        conv = self.conv(features=last, kernel_size=1, padding=0, name="last_conv")
+        y = conv_bn_act(conv, norm(name="last_bn"), y, self.act)
         intermediates["last_conv"] = y
         pre_logits = global_avg_pool(y)
         intermediates["pre_logits"] = pre_logits

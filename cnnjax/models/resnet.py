@@ -33,6 +33,7 @@ from cnnjax.errors import ConfigError, unknown_choice
 from cnnjax.layers import BatchNorm, Conv2d, global_avg_pool, max_pool2d
 from cnnjax.layers.blurpool import blur_pool2d
 from cnnjax.layers.conv import he_normal_fan_out
+from cnnjax.layers.fusion import conv_bn_act
 from cnnjax.layers.noise import make_dropout
 from cnnjax.models.convert import TorchReader, register_converter
 from cnnjax.models.registry import register
@@ -51,11 +52,11 @@ def _last_norm(norm: ModuleDef, zero_init: bool) -> ModuleDef:
     return functools.partial(norm, scale_init=nn.initializers.zeros) if zero_init else norm
 
 
-def _shortcut(block: nn.Module, x: jnp.ndarray, y: jnp.ndarray, train: bool) -> jnp.ndarray:
-    """Adds `x` (matched to `y`'s shape per `block.shortcut`) to the residual branch `y`."""
+def _shortcut(block: nn.Module, x: jnp.ndarray, shape, train: bool) -> jnp.ndarray | None:
+    """`x` matched to the residual branch's output `shape` per `block.shortcut` (None: none)."""
     if block.shortcut == "none":  # a "plain" network (the paper's baseline)
-        return y
-    if x.shape != y.shape:
+        return None
+    if x.shape != tuple(shape):
         antialias = getattr(block, "antialias", 1)
         if antialias > 1:  # Zhang 2019: blurred subsampling, then a stride-1 projection
             x = blur_pool2d(x, antialias, block.strides, layer=f"{block.name}/shortcut_blur")
@@ -64,14 +65,14 @@ def _shortcut(block: nn.Module, x: jnp.ndarray, y: jnp.ndarray, train: bool) -> 
             strides = block.strides
         if block.shortcut == "A":  # parameter-free: subsample, then zero channels
             x = x[:, ::strides, ::strides, :]
-            zeros = jnp.zeros((*x.shape[:3], y.shape[-1] - x.shape[-1]), x.dtype)
+            zeros = jnp.zeros((*x.shape[:3], shape[-1] - x.shape[-1]), x.dtype)
             x = jnp.concatenate([x, zeros], axis=-1)
         else:
-            x = block.conv(
-                features=y.shape[-1], kernel_size=1, strides=strides, padding=0, name="proj"
-            )(x)
-            x = block.norm(use_running_average=not train, name="proj_bn")(x)
-    return x + y
+            proj = block.conv(
+                features=shape[-1], kernel_size=1, strides=strides, padding=0, name="proj"
+            )
+            x = conv_bn_act(proj, block.norm(use_running_average=not train, name="proj_bn"), x)
+    return x
 
 
 class BasicBlock(nn.Module):
@@ -126,16 +127,18 @@ class BasicBlock(nn.Module):
 
         blur = self.antialias > 1 and self.strides > 1
         conv = functools.partial(self.conv, features=self.features, kernel_size=3, padding=1)
-        y = conv(strides=1 if blur else self.strides, name="conv1")(x)
-        y = drop(y, "before_bn")
-        y = self.act(self.norm(use_running_average=not train, name="bn1")(y))
+        conv1 = conv(strides=1 if blur else self.strides, name="conv1")
+        bn1 = self.norm(use_running_average=not train, name="bn1")
+        if train and self.dropout_rate > 0.0 and self.dropout_position == "before_bn":
+            y = self.act(bn1(drop(conv1(x), "before_bn")))  # (dropout is the identity in eval)
+        else:
+            y = conv_bn_act(conv1, bn1, x, self.act)
         if blur:
             y = blur_pool2d(y, self.antialias, self.strides, layer=f"{self.name}/blur")
         y = drop(y, "after_bn")
-        y = conv(name="conv2")(y)
         last_norm = _last_norm(self.norm, self.zero_init_residual)
-        y = last_norm(use_running_average=not train, name="bn2")(y)
-        return self.act(_shortcut(self, x, y, train))
+        bn2 = last_norm(use_running_average=not train, name="bn2")
+        return conv_bn_act(conv(name="conv2"), bn2, y, self.act, _shortcut(self, x, y.shape, train))
 
 
 class Bottleneck(nn.Module):
@@ -164,14 +167,19 @@ class Bottleneck(nn.Module):
     def __call__(self, x: jnp.ndarray, train: bool) -> jnp.ndarray:
         norm = functools.partial(self.norm, use_running_average=not train)
         s1, s3 = (self.strides, 1) if self.stride_in_1x1 else (1, self.strides)
-        y = self.conv(features=self.features, kernel_size=1, strides=s1, padding=0, name="conv1")(x)
-        y = self.act(norm(name="bn1")(y))
-        y = self.conv(features=self.features, kernel_size=3, strides=s3, padding=1, name="conv2")(y)
-        y = self.act(norm(name="bn2")(y))
-        y = self.conv(features=4 * self.features, kernel_size=1, padding=0, name="conv3")(y)
+        conv1 = self.conv(
+            features=self.features, kernel_size=1, strides=s1, padding=0, name="conv1"
+        )
+        y = conv_bn_act(conv1, norm(name="bn1"), x, self.act)
+        conv2 = self.conv(
+            features=self.features, kernel_size=3, strides=s3, padding=1, name="conv2"
+        )
+        y = conv_bn_act(conv2, norm(name="bn2"), y, self.act)
+        conv3 = self.conv(features=4 * self.features, kernel_size=1, padding=0, name="conv3")
         last_norm = _last_norm(self.norm, self.zero_init_residual)
-        y = last_norm(use_running_average=not train, name="bn3")(y)
-        return self.act(_shortcut(self, x, y, train))
+        shortcut = _shortcut(self, x, (*y.shape[:-1], 4 * self.features), train)
+        bn3 = last_norm(use_running_average=not train, name="bn3")
+        return conv_bn_act(conv3, bn3, y, self.act, shortcut)
 
 
 BLOCKS = {"basic": BasicBlock, "bottleneck": Bottleneck}
@@ -241,8 +249,12 @@ class ResNet(nn.Module):
         )
         if kind == "bottleneck":
             block_kwargs["stride_in_1x1"] = self.stride_in_1x1
-        y = self.conv(features=self.width, kernel_size=7, strides=2, padding=3, name="stem_conv")(x)
-        y = self.act(self.norm(use_running_average=not train, name="stem_bn")(y))
+        stem_conv = self.conv(
+            features=self.width, kernel_size=7, strides=2, padding=3, name="stem_conv"
+        )
+        y = conv_bn_act(
+            stem_conv, self.norm(use_running_average=not train, name="stem_bn"), x, self.act
+        )
         y = self.pool(y)
         intermediates = {"stem": y}
         for stage, num_blocks in enumerate(stage_sizes):

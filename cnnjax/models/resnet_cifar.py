@@ -23,6 +23,7 @@ import jax.numpy as jnp
 from cnnjax.errors import ConfigError, unknown_choice
 from cnnjax.layers import BatchNorm, Conv2d, global_avg_pool
 from cnnjax.layers.conv import he_normal_fan_out
+from cnnjax.layers.fusion import conv_bn_act
 from cnnjax.layers.noise import make_dropout
 from cnnjax.models.registry import register
 from cnnjax.models.resnet import BLOCK_DROPOUT_POSITIONS, SHORTCUTS, BasicBlock
@@ -84,8 +85,9 @@ class CifarResNet(nn.Module):
         if self.dropout_position not in positions:
             raise ConfigError(unknown_choice("dropout position", self.dropout_position, positions))
         in_blocks = self.dropout_position != "head"
-        y = self.conv(features=self.width, kernel_size=3, name="stem_conv")(x)
-        stem = self.act(self.norm(use_running_average=not train, name="stem_bn")(y))
+        stem_conv = self.conv(features=self.width, kernel_size=3, name="stem_conv")
+        stem_bn = self.norm(use_running_average=not train, name="stem_bn")
+        stem = conv_bn_act(stem_conv, stem_bn, x, self.act)
         intermediates = {"stem": stem}
         y = stem
         for stage in range(3):

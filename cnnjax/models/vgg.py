@@ -28,6 +28,7 @@ import jax.numpy as jnp
 from cnnjax.errors import ConfigError, unknown_choice
 from cnnjax.layers import BatchNorm, Conv2d, max_pool2d
 from cnnjax.layers.conv import he_normal_fan_out
+from cnnjax.layers.fusion import conv_bn_act
 from cnnjax.layers.pooling import adaptive_avg_pool2d
 from cnnjax.models.convert import TorchReader, register_converter
 from cnnjax.models.registry import register
@@ -91,10 +92,12 @@ class VGG(nn.Module):
             for i, width in enumerate(widths, start=1):
                 features = max(1, round(width * self.width_multiplier))
                 name = f"conv{block}_{i}"
-                x = self.conv(features=features, kernel_size=3, padding=1, name=name)(x)
-                if self.norm is not None:
-                    x = self.norm(use_running_average=not train, name=f"bn{block}_{i}")(x)
-                x = self.act(x)
+                conv = self.conv(features=features, kernel_size=3, padding=1, name=name)
+                if self.norm is None:
+                    x = self.act(conv(x))
+                else:
+                    bn = self.norm(use_running_average=not train, name=f"bn{block}_{i}")
+                    x = conv_bn_act(conv, bn, x, self.act)
                 intermediates.setdefault("stem", x)
             x = self.pool(x)
             intermediates[f"stage{block}"] = x
