@@ -106,18 +106,22 @@ def toy_rows(config) -> list[dict]:
     return rows
 
 
+# Summary columns of the results table: metric -> header.
+COLUMNS = {
+    "test_accuracy": "test acc. (%)",
+    "reestimated_accuracy": "acc. after BN re-est. (%)",
+    "shift_pooled": "shift, pooled",
+    "shift_median": "shift, median channel",
+    "shift_mean": "shift, mean channel",
+    "shift_max": "worst layer (mean channel)",
+    "shift_after_pooled": "pooled shift after re-est.",
+}
+PERCENT = ("test_accuracy", "reestimated_accuracy")
+
+
 def report(config, records, toy, workdir: str) -> str:
-    columns = {
-        "test_accuracy": "test acc. (%)",
-        "reestimated_accuracy": "acc. after BN re-est. (%)",
-        "shift_pooled": "shift, pooled",
-        "shift_median": "shift, median channel",
-        "shift_mean": "shift, mean channel",
-        "shift_max": "worst layer (mean channel)",
-        "shift_after_pooled": "pooled shift after re-est.",
-    }
-    rows = summarize(records, list(columns))
-    table = markdown_table(rows, columns, percent=("test_accuracy", "reestimated_accuracy"))
+    rows = summarize(records, list(COLUMNS))
+    table = markdown_table(rows, COLUMNS, percent=PERCENT)
     toy_lines = [
         "| noise | rate | case | predicted | measured |",
         "| --- | ---: | --- | ---: | ---: |",

@@ -98,3 +98,21 @@ def test_notebook_redraws_the_figures_from_results_files(smoke, tmp_path):
     namespace["RESULTS"] = tmp_path
     for cell in code[1:]:
         exec(cell, namespace)
+
+
+RESULTS = pathlib.Path(__file__).resolve().parents[2] / "experiments" / "results"
+
+
+def test_checked_in_bn_dropout_page_is_the_table_of_its_run_records():
+    payload = json.loads((RESULTS / "bn_dropout.json").read_text())
+    records = [json.loads(p.read_text()) for p in
+               sorted((RESULTS / "bn_dropout_cpu_runs").glob("*/seed*/result.json"))]  # fmt: skip
+    assert len(records) == len(payload["runs"]) == 18
+    key = lambda r: (r["arm"], r["seed"])  # noqa: E731
+    assert sorted(records, key=key) == sorted(payload["runs"], key=key)
+    rows = summarize(payload["runs"], list(bn_dropout.COLUMNS))
+    order = [row["arm"] for row in payload["summary"]]
+    rows.sort(key=lambda row: order.index(row["arm"]))
+    table = markdown_table(rows, bn_dropout.COLUMNS, percent=bn_dropout.PERCENT)
+    assert table in (RESULTS / "bn_dropout.md").read_text()
+    assert {row["n"] for row in rows} == {3}
