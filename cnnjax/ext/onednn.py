@@ -192,6 +192,12 @@ def _call(kind: str, a, b, out_shape, config):
     return call(a, b, **_attributes(*config))
 
 
+def _config(strides, pads, dilation, groups) -> tuple:
+    """The hashable (static) convolution settings the FFI calls and custom VJPs take."""
+    return (tuple(map(int, strides)), tuple(tuple(map(int, p)) for p in pads),
+            tuple(map(int, dilation)), int(groups))  # fmt: skip
+
+
 def _output_shape(x_shape, w_shape, strides, pads, dilation):
     spatial = [
         (size + lo + hi - d * (k - 1) - 1) // s + 1
@@ -240,8 +246,7 @@ def conv2d(x, kernel, strides, pads, dilation, groups: int = 1):
     if x.ndim == 3:  # 1-D as a 1-row image
         y = conv2d(x[:, None], kernel[None], (1, *strides), ((0, 0), *pads), (1, *dilation), groups)
         return y[:, 0]
-    config = (tuple(map(int, strides)), tuple(tuple(map(int, p)) for p in pads),
-              tuple(map(int, dilation)), int(groups))  # fmt: skip
+    config = _config(strides, pads, dilation, groups)
     return _conv(x, kernel, config)
 
 
@@ -303,8 +308,7 @@ def conv2d_fused(x, kernel, bias, residual=None, act=None, strides=(1, 1),
       backward-data and backward-weights kernels).
     """
     load()
-    config = (tuple(map(int, strides)), tuple(tuple(map(int, p)) for p in pads),
-              tuple(map(int, dilation)), int(groups))  # fmt: skip
+    config = _config(strides, pads, dilation, groups)
     if act not in FUSED_ACTS:
         raise ValueError(f"fused activation must be one of {list(FUSED_ACTS)}, got {act!r}")
     return _fused(x, kernel, bias, residual, config, act)
