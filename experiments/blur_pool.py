@@ -17,7 +17,15 @@ import re
 from cnnjax.analysis import ablation_plots
 from cnnjax.analysis import shift_invariance as si
 from cnnjax.errors import ConfigError
-from cnnjax.train.ablation import Arm, markdown_table, run_ablation, summarize, write_results
+from cnnjax.train.ablation import (
+    Arm,
+    differences_table,
+    markdown_table,
+    paired_differences,
+    run_ablation,
+    summarize,
+    write_results,
+)
 from experiments.common import launch, machine, take
 
 NETS = ("resnet20", "vgg")
@@ -61,22 +69,40 @@ def measure(run, arm, config) -> dict:
     return out
 
 
-def report(config, records, workdir: str) -> str:
-    for record in records:  # curve endpoints as scalars, for the table
+COLUMNS = {
+    "test_accuracy": "test acc. (%)",
+    "consistency_crop": "consistency, crop (%)",
+    "consistency_circular": "consistency, circular (%)",
+    "worst_accuracy_crop": "worst acc. over diagonal shifts, crop (%)",
+    "worst_accuracy_circular": "worst acc., circular (%)",
+}
+PERCENT = tuple(COLUMNS)
+DIFFERENCE_COLUMNS = {k: COLUMNS[k] for k in ("test_accuracy", "consistency_crop",
+                                              "consistency_circular")}  # fmt: skip
+
+
+def baseline_of(arm: str) -> str:
+    """The plain-striding arm of the same net and augmentation: "vgg-blur3" -> "vgg-blur1"."""
+    return re.sub(r"-blur[0-9]", "-blur1", arm)
+
+
+def add_curve_scalars(records) -> None:
+    """Adds each curve's worst accuracy (over the diagonal shifts) as a scalar, for the table."""
+    for record in records:
         for mode in si.SHIFT_MODES:
-            curve = record[f"curve_{mode}"]
-            record[f"worst_accuracy_{mode}"] = min(curve["accuracy"])
-    metrics = ["test_accuracy", "consistency_circular", "consistency_crop",
-               "worst_accuracy_circular", "worst_accuracy_crop"]  # fmt: skip
-    rows = summarize(records, metrics)
-    table = markdown_table(
-        rows,
-        {"test_accuracy": "test acc. (%)", "consistency_circular": "consistency, circular (%)",
-         "consistency_crop": "consistency, crop (%)",
-         "worst_accuracy_circular": "worst acc. over diagonal shifts, circular (%)",
-         "worst_accuracy_crop": "worst acc., crop (%)"},
-        percent=metrics,
-    )  # fmt: skip
+            record[f"worst_accuracy_{mode}"] = min(record[f"curve_{mode}"]["accuracy"])
+
+
+def report(config, records, workdir: str) -> str:
+    add_curve_scalars(records)
+    rows = summarize(records, list(COLUMNS))
+    table = markdown_table(rows, COLUMNS, percent=PERCENT)
+    differences = paired_differences(records, baseline_of, list(DIFFERENCE_COLUMNS))
+    differences_md = (
+        "Difference from plain striding (same network, augmentation and seed), mean and 95% "
+        "t-interval over seeds, in points:\n\n"
+        + differences_table(differences, DIFFERENCE_COLUMNS, percent=PERCENT)
+    )
     minutes = sum(r["wall_seconds"] for r in records) / 60
     header = (
         f"# Blur pooling and shift invariance ({config.size} size)\n\n"
@@ -88,8 +114,9 @@ def report(config, records, workdir: str) -> str:
         f"{config.curve_images}."
     )
     ablation_plots.save_figures("blur_pool", rows, records, workdir)
-    payload = {"config": config.to_dict(), "summary": rows, "runs": records}
-    return write_results(workdir, header, [table], payload)
+    payload = {"config": config.to_dict(), "summary": rows, "differences": differences,
+               "runs": records}  # fmt: skip
+    return write_results(workdir, header, [table, differences_md], payload)
 
 
 def run(config, workdir: str) -> str:

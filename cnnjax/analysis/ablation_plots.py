@@ -15,8 +15,6 @@ import os
 
 import numpy as np
 
-from cnnjax.analysis.shift_invariance import SHIFT_MODES
-
 
 def _pyplot():
     import matplotlib
@@ -74,37 +72,57 @@ def reestimation_figure(rows, records=None):
     return fig
 
 
+def _net_and_color(arm: str):
+    """'<net>-blur<M>[-noaug]' -> (net, colour of filter size M): one colour per filter size."""
+    net, _, rest = arm.partition("-")
+    digits = "".join(ch for ch in rest.split("-")[0] if ch.isdigit())
+    return net, f"C{(int(digits) - 1) % 10}" if digits else None
+
+
 def diagonal_shift_figure(rows, records):
-    """Accuracy and agreement with the unshifted prediction along diagonal shifts, per arm."""
+    """Accuracy and agreement with the unshifted prediction along diagonal shifts.
+
+    One column per network and shift mode (crop, circular); one colour per blur filter size;
+    dashed lines for arms trained without augmentation. Mean over seeds.
+    """
     plt = _pyplot()
-    fig, axes = plt.subplots(2, 2, figsize=(11, 7), constrained_layout=True, sharex=True)
+    nets = list(dict.fromkeys(_net_and_color(row["arm"])[0] for row in rows))
+    panels = [(net, mode) for net in nets for mode in ("crop", "circular")]
+    fig, axes = plt.subplots(2, len(panels), figsize=(4.2 * len(panels), 7),
+                             constrained_layout=True, sharex=True, squeeze=False)  # fmt: skip
     for row in rows:
         runs = _runs_of(records, row["arm"])
+        net, color = _net_and_color(row["arm"])
         style = "--" if row["arm"].endswith("noaug") else "-"
-        for col, mode in enumerate(SHIFT_MODES):
+        for col, (panel_net, mode) in enumerate(panels):
+            if panel_net != net:
+                continue
             shifts = runs[0][f"curve_{mode}"]["shift"]
             for ax, key in zip(axes[:, col], ("accuracy", "agreement")):
                 values = 100 * np.mean([r[f"curve_{mode}"][key] for r in runs], axis=0)
-                ax.plot(shifts, values, style, marker="o", ms=3, label=row["arm"])
-                ax.set(title=f"{key}, {mode} diagonal shift", xlabel="shift (s, s) in pixels",
+                ax.plot(shifts, values, style, color=color, marker="o", ms=3, label=row["arm"])
+                ax.set(title=f"{net}: {key}, {mode} shift", xlabel="diagonal shift (s, s), pixels",
                        ylabel=f"{key} (%)")  # fmt: skip
-    axes[0, 0].legend(fontsize=7)
+    for ax in axes[0]:
+        ax.legend(fontsize=7)
     return fig
 
 
 def consistency_figure(rows, records=None):
-    """Test accuracy against circular-shift consistency, mean ± std over seeds, per arm."""
+    """Test accuracy against shift consistency (crop and circular), mean ± std over seeds."""
     del records
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(6.5, 4.5), constrained_layout=True)
-    for row in rows:
-        ax.errorbar(100 * row["consistency_circular"], 100 * row["test_accuracy"],
-                    xerr=100 * np.nan_to_num(row["consistency_circular_std"]),
-                    yerr=100 * np.nan_to_num(row["test_accuracy_std"]), fmt="o", capsize=3,
-                    label=row["arm"])  # fmt: skip
-    ax.set(xlabel="consistency, circular shifts (%)", ylabel="test accuracy (%)",
-           title="Accuracy vs shift consistency (mean ± std over seeds)")  # fmt: skip
-    ax.legend(fontsize=7)
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.5), constrained_layout=True, sharey=True)
+    for ax, mode in zip(axes, ("crop", "circular")):
+        for row in rows:
+            ax.errorbar(100 * row[f"consistency_{mode}"], 100 * row["test_accuracy"],
+                        xerr=100 * np.nan_to_num(row[f"consistency_{mode}_std"]),
+                        yerr=100 * np.nan_to_num(row["test_accuracy_std"]),
+                        fmt="s" if row["arm"].endswith("noaug") else "o", capsize=3,
+                        label=row["arm"])  # fmt: skip
+        ax.set(xlabel=f"consistency, {mode} shifts (%)", ylabel="test accuracy (%)",
+               title=f"Accuracy vs {mode}-shift consistency (mean ± std)")  # fmt: skip
+    axes[0].legend(fontsize=7)
     return fig
 
 

@@ -147,6 +147,63 @@ def markdown_table(rows: Sequence[dict], columns: Mapping[str, str], percent=())
     return "\n".join(lines)
 
 
+def paired_differences(
+    records: Sequence[dict],
+    baseline_of: Callable[[str], str | None],
+    metrics: Sequence[str],
+    confidence: float = 0.95,
+) -> list[dict]:
+    """Per arm, the seed-paired difference of each metric from its baseline arm.
+
+    Runs of an arm and of its baseline with the same seed share the data order, so differencing
+    per seed removes that source of variance. Gives the mean difference, its sample std, the
+    half-width of the two-sided Student-t confidence interval of the mean, and n (seeds present
+    in both arms). Skips arms whose `baseline_of(arm)` is None or themselves, and arms sharing
+    no seed with their baseline.
+    """
+    from scipy import stats
+
+    by_key = {(r["arm"], r["seed"]): r for r in records}
+    rows = []
+    for arm in dict.fromkeys(r["arm"] for r in records):
+        base = baseline_of(arm)
+        if base is None or base == arm:
+            continue
+        seeds = sorted(s for a, s in by_key if a == arm and (base, s) in by_key)
+        if not seeds:
+            continue
+        n = len(seeds)
+        row = {"arm": arm, "baseline": base, "n": n}
+        t = float(stats.t.ppf(0.5 + confidence / 2, n - 1)) if n > 1 else math.nan
+        for metric in metrics:
+            diffs = np.array([by_key[arm, s][metric] - by_key[base, s][metric] for s in seeds])
+            std = float(diffs.std(ddof=1)) if n > 1 else math.nan
+            row[metric], row[metric + "_std"] = float(diffs.mean()), std
+            row[metric + "_ci"] = t * std / math.sqrt(n)
+        rows.append(row)
+    return rows
+
+
+def differences_table(rows: Sequence[dict], columns: Mapping[str, str], percent=()) -> str:
+    """Markdown table of `paired_differences` rows: mean difference [confidence interval]."""
+    head = "| arm - baseline | seeds | " + " | ".join(columns.values()) + " |"
+    lines = [head, "| --- | ---: | " + " | ".join("---:" for _ in columns) + " |"]
+    for row in rows:
+        cells = []
+        for metric in columns:
+            scale = 100.0 if metric in percent else 1.0
+            digits = 2 if metric in percent else 3
+            mean, ci = row[metric] * scale, row[metric + "_ci"] * scale
+            cell = f"{mean:+.{digits}f}"
+            if not math.isnan(ci):
+                cell += f" [{mean - ci:+.{digits}f}, {mean + ci:+.{digits}f}]"
+            cells.append(cell)
+        lines.append(
+            f"| {row['arm']} - {row['baseline']} | {row['n']} | " + " | ".join(cells) + " |"
+        )
+    return "\n".join(lines)
+
+
 def write_results(workdir: str, header: str, tables: Sequence[str], payload: dict) -> str:
     """Writes `workdir/results.md` (header + tables) and `workdir/results.json`; returns the md."""
     text = header.rstrip() + "\n\n" + "\n\n".join(t.rstrip() for t in tables) + "\n"

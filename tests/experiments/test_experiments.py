@@ -7,11 +7,34 @@ import pathlib
 import pytest
 
 from cnnjax.errors import ConfigError
-from cnnjax.train.ablation import Arm, apply_overrides, markdown_table, summarize
+from cnnjax.train.ablation import (
+    Arm,
+    apply_overrides,
+    differences_table,
+    markdown_table,
+    paired_differences,
+    summarize,
+)
 from cnnjax.train.config import base_config
 from configs.experiments import blur_pool as blur_config
 from configs.experiments import bn_dropout as bn_config
 from experiments import blur_pool, bn_dropout
+
+
+def test_paired_differences_pair_runs_by_seed_and_give_a_t_interval():
+    records = [
+        {"arm": "base", "seed": 0, "acc": 0.50}, {"arm": "base", "seed": 1, "acc": 0.60},
+        {"arm": "base", "seed": 2, "acc": 0.70}, {"arm": "new", "seed": 0, "acc": 0.52},
+        {"arm": "new", "seed": 1, "acc": 0.63}, {"arm": "new", "seed": 2, "acc": 0.71},
+        {"arm": "new", "seed": 3, "acc": 0.99},  # no baseline run with seed 3: not paired
+    ]  # fmt: skip
+    (row,) = paired_differences(records, lambda arm: "base", ["acc"])
+    # differences 0.02, 0.03, 0.01: mean 0.02, std 0.01, t(0.975, 2) = 4.3027
+    assert (row["arm"], row["baseline"], row["n"]) == ("new", "base", 3)
+    assert row["acc"] == pytest.approx(0.02) and row["acc_std"] == pytest.approx(0.01)
+    assert row["acc_ci"] == pytest.approx(4.3027 * 0.01 / 3**0.5, rel=1e-4)
+    table = differences_table([row], {"acc": "acc (%)"}, percent=("acc",))
+    assert "| new - base | 3 | +2.00 [-0.48, +4.48] |" in table
 
 
 def test_apply_overrides_sets_nested_keys_and_rejects_unknown_ones():
@@ -103,16 +126,22 @@ def test_notebook_redraws_the_figures_from_results_files(smoke, tmp_path):
 RESULTS = pathlib.Path(__file__).resolve().parents[2] / "experiments" / "results"
 
 
-def test_checked_in_bn_dropout_page_is_the_table_of_its_run_records():
-    payload = json.loads((RESULTS / "bn_dropout.json").read_text())
+@pytest.mark.parametrize(
+    "module, runs", [(bn_dropout, 6 * 3), (blur_pool, 10 * 3)], ids=["bn_dropout", "blur_pool"]
+)
+def test_checked_in_results_page_is_the_table_of_its_run_records(module, runs):
+    name = module.__name__.split(".")[-1]
+    payload = json.loads((RESULTS / f"{name}.json").read_text())
     records = [json.loads(p.read_text()) for p in
-               sorted((RESULTS / "bn_dropout_cpu_runs").glob("*/seed*/result.json"))]  # fmt: skip
-    assert len(records) == len(payload["runs"]) == 18
+               sorted((RESULTS / f"{name}_cpu_runs").glob("*/seed*/result.json"))]  # fmt: skip
+    if hasattr(module, "add_curve_scalars"):
+        module.add_curve_scalars(records)
+    assert len(records) == len(payload["runs"]) == runs
     key = lambda r: (r["arm"], r["seed"])  # noqa: E731
     assert sorted(records, key=key) == sorted(payload["runs"], key=key)
-    rows = summarize(payload["runs"], list(bn_dropout.COLUMNS))
+    rows = summarize(records, list(module.COLUMNS))
     order = [row["arm"] for row in payload["summary"]]
     rows.sort(key=lambda row: order.index(row["arm"]))
-    table = markdown_table(rows, bn_dropout.COLUMNS, percent=bn_dropout.PERCENT)
-    assert table in (RESULTS / "bn_dropout.md").read_text()
+    table = markdown_table(rows, module.COLUMNS, percent=module.PERCENT)
+    assert table in (RESULTS / f"{name}.md").read_text()
     assert {row["n"] for row in rows} == {3}
