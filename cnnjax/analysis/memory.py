@@ -21,8 +21,8 @@ alias (outputs written into donated inputs) and temporary bytes; its footprint i
 gradients, the backward pass's own intermediates and buffers it cannot share, while fusion
 removes some residuals. Measured on CPU (jax 0.10.2), analytic / XLA:
 
-* resnet20: 1.02 (batch 2, SGD), 1.03 (batch 8, Adam), 1.04 (batch 32, SGD): the saved
-  activations alone are 84-102% of XLA's temporaries; the count is a good model.
+* resnet20: 1.02 (batch 2, SGD), 1.03 (batch 8, Adam), 1.05 (batch 32, SGD): the saved
+  activations alone are 78-103% of XLA's temporaries; the count is a good model.
 * lenet5 with Adam: 0.53 at batch 8, 0.28 at batch 64. The CPU backend expands each max pool's
   backward (`select_and_scatter`) into a scatter over buffers the size of the pool's input:
   four int32 iotas, their concatenation (as large again), a float target; about 6x the

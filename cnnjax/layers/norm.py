@@ -98,6 +98,10 @@ def _moments(xs):
     return mean, var, ill_conditioned
 
 
+def _centered_variance(xs, mean):
+    return jnp.square(xs - mean).mean(tuple(range(xs.ndim - 1)))
+
+
 def _normalize_forward(xs, scale, bias, epsilon):
     mean, var, two_pass = _moments(xs)
     inv_std = lax.rsqrt(var + epsilon)
@@ -199,11 +203,14 @@ def batch_norm(
                 f"training, got input shape {x.shape}"
             )
         if portable_autodiff():
-            # The textbook two-pass graph for JAX to differentiate (no `lax.cond`, whose
-            # linearization would keep both branches' residuals alive).
+            # The two-pass graph for JAX to differentiate (no `lax.cond`, whose linearization
+            # would keep both branches' residuals alive). The centered copy is recomputed in the
+            # backward pass and `y` is formed from `xs` itself, so that, like the custom VJP,
+            # only `xs` is saved (the training-memory analysis counts this program).
             mean = xs.mean(tuple(range(xs.ndim - 1)))
-            var = jnp.square(xs - mean).mean(tuple(range(xs.ndim - 1)))
-            y = (xs - mean) * lax.rsqrt(var + epsilon) * _one(scale, xs) + _zero(bias, xs)
+            var = jax.checkpoint(_centered_variance)(xs, mean)
+            gain = lax.rsqrt(var + epsilon) * _one(scale, xs)
+            y = xs * gain + (_zero(bias, xs) - mean * gain)
         else:
             y, mean, var = _normalize_train(xs, _one(scale, xs), _zero(bias, xs), epsilon)
         correction = count / (count - 1) if unbiased_running_var else 1.0

@@ -5,8 +5,8 @@ batch normalization by variance shift") on CIFAR-10 with ResNet-20.
       --workdir=runs/bn_dropout
 
 Sizes: `smoke` (synthetic data, a 4-wide ResNet-20, seconds; the test suite runs it), `cpu`
-(CIFAR-10 JPEG q75 copy, ResNet-20, 800 steps of 128 = 2 epochs, 3 seeds, 6 arms: about 80
-minutes on a 2-core CPU; results in experiments/results/bn_dropout.md) and `paper` (He et al.'s
+(CIFAR-10 JPEG q75 copy, ResNet-20, 800 steps of 128 = 2 epochs, 3 seeds, 6 arms: about 1.8
+hours on a 2-core CPU; results in experiments/results/bn_dropout.md) and `paper` (He et al.'s
 64k-step ResNet-20 recipe per arm, for an accelerator; Li et al. trained other networks --
 PreResNet, ResNeXt, WRN, DenseNet -- for 300 epochs).
 

@@ -1,5 +1,6 @@
 """Normalization and dropout layers against numpy loops and `torch.nn` / `torch.nn.functional`."""
 
+import contextlib
 import functools
 
 import flax.linen as nn
@@ -165,6 +166,26 @@ def test_batch_norm_hand_written_backward_equals_autodiff_and_allows_jvp_when_po
     np.testing.assert_allclose(tangent, jnp.vdot(fast[1], probe), rtol=1e-4)
     with pytest.raises(TypeError, match="custom_vjp"):
         jax.jvp(lambda x: loss(variables, x, probe), (x,), (probe,))
+
+
+@pytest.mark.parametrize("portable", [False, True], ids=["custom_vjp", "portable"])
+def test_batch_norm_training_saves_only_its_input_for_the_backward_pass(portable):
+    from cnnjax.analysis.memory import saved_residuals
+
+    x, probe = normal(0, 8, 6, 6, 4), normal(1, 8, 6, 6, 4)
+
+    def loss(params, x):  # linear in BN's output: the backward pass needs only BN's residuals
+        y, _, _ = batch_norm(x, jnp.zeros(4), jnp.ones(4), params["scale"], params["bias"],
+                             train=True)  # fmt: skip
+        return jnp.vdot(y, probe)
+
+    params = {"scale": jnp.ones(4), "bias": jnp.zeros(4)}
+    with conv_impl("xla", force=True) if portable else contextlib.nullcontext():
+        residuals = saved_residuals(loss, params, x)
+    # The input is an argument (already in memory); no activation-sized array such as a
+    # centered copy or a normalized output may be kept besides it.
+    full = [(r.primitive, r.kind) for r in residuals if r.shape == x.shape and r.kind != "argument"]
+    assert not full, full
 
 
 def test_batch_norm_function_eval_returns_running_stats_unchanged():
