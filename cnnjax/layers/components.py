@@ -8,7 +8,8 @@ names below into the callables; `train_and_evaluate` applies it to `config.model
          "max_blur:M" (Zhang 2019's MaxBlurPool, binomial filter size M), "blur_avg:M";
          blur pools take a border mode as a third part, e.g. "max_blur:3:replicate" (default
          "reflect", Zhang's; reflection needs maps wider than M // 2)
-  act:   "relu", "relu6", "gelu", "silu", "elu", "leaky_relu", "tanh", "sigmoid"
+  act:   "relu", "relu6", "gelu" (tanh approximation, Flax's default), "gelu_erf" (the exact
+         form, PyTorch's default), "silu", "elu", "leaky_relu", "tanh", "sigmoid"
   norm:  "batch" (`BatchNorm`), "torch_batch" (`TorchBatchNorm`), "none"
 """
 
@@ -21,6 +22,7 @@ from typing import Any
 import flax.linen as nn
 
 from cnnjax.errors import ConfigError, unknown_choice
+from cnnjax.layers.activations import gelu
 from cnnjax.layers.blurpool import blur_avg_pool2d, max_blur_pool2d
 from cnnjax.layers.norm import BatchNorm, TorchBatchNorm
 from cnnjax.layers.padding import check_pad_mode
@@ -36,7 +38,8 @@ _POOLS: dict[str, tuple[Callable[..., Any], bool]] = {
 _ACTS: dict[str, Callable[..., Any]] = {
     "relu": nn.relu,
     "relu6": nn.relu6,
-    "gelu": nn.gelu,
+    "gelu": functools.partial(gelu, approximate=True),
+    "gelu_erf": functools.partial(gelu, approximate=False),
     "silu": nn.silu,
     "elu": nn.elu,
     "leaky_relu": nn.leaky_relu,

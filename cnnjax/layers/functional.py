@@ -5,6 +5,7 @@ Activations are channels-last (`(N, H, W, C)`, `(N, L, C)` in 1-D) and kernels
 docs/layers.md lists each one with its formula, output shape, parameters and source.
 """
 
+from cnnjax.layers.activations import gelu
 from cnnjax.layers.backprop import explicit_conv
 from cnnjax.layers.blurpool import binomial_filter, blur_avg_pool2d, blur_pool2d, max_blur_pool2d
 from cnnjax.layers.conv_ops import (
@@ -52,6 +53,7 @@ __all__ = [
     "conv_transpose2d",
     "dropout",
     "explicit_conv",
+    "gelu",
     "global_avg_pool",
     "global_max_pool",
     "layer_norm",

@@ -314,15 +314,21 @@ def layer_norm(
     """
     if not epsilon > 0.0:
         raise ConfigError(f"normalization epsilon must be > 0, got {epsilon}")
-    xs = x.astype(_stat_dtype(x))
-    mean = xs.mean(-1, keepdims=True)
-    var = jnp.square(xs - mean).mean(-1, keepdims=True)
-    y = (xs - mean) * lax.rsqrt(var + epsilon)
-    if scale is not None:
-        y = y * scale
-    if bias is not None:
-        y = y + bias
-    return y.astype(x.dtype)
+
+    def normalize(x, scale, bias):
+        xs = x.astype(_stat_dtype(x))
+        mean = xs.mean(-1, keepdims=True)
+        var = jnp.square(xs - mean).mean(-1, keepdims=True)
+        y = (xs - mean) * lax.rsqrt(var + epsilon)
+        if scale is not None:
+            y = y * scale
+        if bias is not None:
+            y = y + bias
+        return y.astype(x.dtype)
+
+    # Recomputed in the backward pass from `x` (a reduction over C per position, cheap), so
+    # that only the input is saved instead of the centered and normalized copies.
+    return jax.checkpoint(normalize)(x, scale, bias)
 
 
 def _check_rate(rate: float) -> None:

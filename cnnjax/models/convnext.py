@@ -25,6 +25,7 @@ import jax.numpy as jnp
 
 from cnnjax.errors import ConfigError, unknown_choice
 from cnnjax.layers import Conv2d, DepthwiseConv2d, LayerNorm, global_avg_pool
+from cnnjax.layers.activations import gelu
 from cnnjax.models.convert import TorchReader, register_converter
 from cnnjax.models.registry import module_fields, register
 
@@ -45,7 +46,7 @@ PUBLISHED = {"tiny": (28, 4.5), "small": (50, 8.7), "base": (89, 15.4)}
 _INIT = nn.initializers.truncated_normal(stddev=0.02)
 _CONV = functools.partial(Conv2d, kernel_init=_INIT)
 _DEPTHWISE = functools.partial(DepthwiseConv2d, kernel_init=_INIT)
-_GELU = functools.partial(nn.gelu, approximate=False)
+_GELU = functools.partial(gelu, approximate=False)
 
 
 def _bind_train(norm: ModuleDef, train: bool) -> ModuleDef:
