@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import jax
@@ -219,9 +219,10 @@ class TrainingMemory:
         return None if self.xla is None else self.analytic / self.xla.total
 
 
-def _abstract_setup(name: str, batch: int, optimizer: str, momentum: float, input_shape=None):
+def _abstract_setup(name: str, batch: int, optimizer: str, momentum: float, input_shape=None,
+                    model_kwargs=None):  # fmt: skip
     info = models.model_info(name)
-    model = models.create_model(name)
+    model = models.create_model(name, **dict(model_kwargs or {}))
     shape = tuple(info.input_shape if input_shape is None else input_shape)
     tx = make_tx(optimizer, momentum)
     state = jax.eval_shape(lambda: create_train_state(model, tx, shape, seed=0))
@@ -235,13 +236,20 @@ def _abstract_setup(name: str, batch: int, optimizer: str, momentum: float, inpu
 
 
 def xla_train_step_memory(
-    name: str, batch: int, optimizer: str = "adam", momentum: float = 0.9, input_shape=None
+    name: str,
+    batch: int,
+    optimizer: str = "adam",
+    momentum: float = 0.9,
+    input_shape=None,
+    model_kwargs=None,
 ) -> XlaMemory:
     """Compiles `cnnjax.train.steps.train_step` (state donated) and reads its memory analysis.
 
     Compiling costs seconds for small models and minutes for ImageNet ones on a CPU.
     """
-    info, _, state, data = _abstract_setup(name, batch, optimizer, momentum, input_shape)
+    info, _, state, data = _abstract_setup(
+        name, batch, optimizer, momentum, input_shape, model_kwargs
+    )
     channels = data["image"].shape[-1]
     preprocess = Preprocess(mean=(0.0,) * channels, std=(1.0,) * channels)
     step = jax.jit(
@@ -264,6 +272,7 @@ def training_memory(
     momentum: float = 0.9,
     compile: bool = True,
     input_shape: tuple[int, ...] | None = None,
+    model_kwargs: Mapping[str, Any] | None = None,
 ) -> TrainingMemory:
     """Training memory of registry model `name` at batch `batch`, analytic and (optionally) XLA.
 
@@ -274,8 +283,11 @@ def training_memory(
       momentum: SGD momentum.
       compile: also compile the train step for `XlaMemory` (slow for large models).
       input_shape: one example's shape (default: the model's `input_shape`).
+      model_kwargs: fields for `create_model`, e.g. `{"memory_efficient": True}`.
     """
-    info, model, state, data = _abstract_setup(name, batch, optimizer, momentum, input_shape)
+    info, model, state, data = _abstract_setup(
+        name, batch, optimizer, momentum, input_shape, model_kwargs
+    )
     objective = get_loss(info.loss)
     images = jax.ShapeDtypeStruct(data["image"].shape, jnp.float32)
 
@@ -307,7 +319,7 @@ def training_memory(
         activations=sum(r.nbytes for r in residuals if r.kind == "activation"),
         residuals=tuple(residuals),
         xla=(
-            xla_train_step_memory(name, batch, optimizer, momentum, input_shape)
+            xla_train_step_memory(name, batch, optimizer, momentum, input_shape, model_kwargs)
             if compile
             else None
         ),

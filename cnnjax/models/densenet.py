@@ -22,9 +22,15 @@ Dropout (`dropout_rate`, 0 by default) follows each layer's 3x3 conv as in torch
 Concatenation: each dense block allocates its output once (the input padded with `L k` zero
 channels) and every layer writes its `k` channels into it in place (`dynamic_update_slice`) and
 reads the first `c` channels as its input, so the traced program grows linearly with depth and
-nothing is copied per layer in the forward pass. The memory-efficient variant (recomputing
-BN-ReLU-conv in the backward pass instead of storing each layer's normalized input) is not
-implemented.
+nothing is copied per layer in the forward pass. The backward pass, though, keeps each layer's
+input (a `c`-channel slice) for its first BN: memory quadratic in the block's depth.
+
+`memory_efficient=True` (Pleiss et al. 2017, "Memory-efficient implementation of DenseNets";
+torchvision's flag of the same name): each dense layer concatenates the block's feature maps
+itself and runs under `jax.checkpoint`, so the backward pass keeps only the feature maps (each
+once, shared by every later layer: linear memory) and recomputes the concatenation, BN, ReLU and
+convolutions of one layer at a time. The same parameters and function; about one extra forward
+pass of the dense layers in compute.
 """
 
 from __future__ import annotations
@@ -54,6 +60,8 @@ STEMS = ("imagenet", "cifar")
 class DenseLayer(nn.Module):
     """`(N, H, W, C) -> (N, H, W, growth_rate)`: the new features of one dense layer.
 
+    The input is one array or the sequence of feature maps to concatenate along channels.
+
     BN-act-1x1 conv (`bn_size * growth_rate`) - BN-act-3x3 conv (`growth_rate`) - dropout;
     `bn_size=0` drops the bottleneck (a basic DenseNet layer: BN-act-3x3 conv).
     """
@@ -66,9 +74,10 @@ class DenseLayer(nn.Module):
     act: Callable
 
     @nn.compact
-    def __call__(self, x: jnp.ndarray, train: bool) -> jnp.ndarray:
+    def __call__(self, x: jnp.ndarray | Sequence[jnp.ndarray], train: bool) -> jnp.ndarray:
         norm = functools.partial(self.norm, use_running_average=not train)
-        y = x
+        # A sequence: the block's feature maps so far, concatenated here (memory-efficient mode).
+        y = x if isinstance(x, jnp.ndarray) else jnp.concatenate(list(x), axis=-1)
         if self.bn_size:
             y = self.act(norm(name="bn1")(y))
             y = self.conv(
@@ -130,6 +139,8 @@ class DenseNet(nn.Module):
       act: activation function.
       pool: the ImageNet stem's max pooling.
       transition_pool: the transitions' downsampling (2x2 average pooling).
+      memory_efficient: recompute each dense layer in the backward pass from the block's feature
+        maps instead of saving its concatenated input (see the module docstring).
     """
 
     growth_rate: int = 32
@@ -145,6 +156,7 @@ class DenseNet(nn.Module):
     act: Callable = nn.relu
     pool: Callable = functools.partial(max_pool2d, window=3, strides=2, padding=1)
     transition_pool: Callable = functools.partial(avg_pool2d, window=2, strides=2)
+    memory_efficient: bool = False
 
     def _check(self) -> None:
         if self.stem not in STEMS:
@@ -175,18 +187,29 @@ class DenseNet(nn.Module):
             y = self.conv(features=self.num_init_features, kernel_size=3, padding=1,
                           name="stem_conv")(x)  # fmt: skip
         intermediates = {"stem": y}
-        layer = functools.partial(DenseLayer, growth_rate=self.growth_rate, bn_size=self.bn_size,
+        # `train` is a Python bool that selects BN's mode: static under `jax.checkpoint`.
+        layer_class = (
+            nn.remat(DenseLayer, static_argnums=(2,)) if self.memory_efficient else DenseLayer
+        )
+        layer = functools.partial(layer_class, growth_rate=self.growth_rate, bn_size=self.bn_size,
                                   dropout_rate=self.dropout_rate, conv=self.conv,
                                   norm=self.norm, act=self.act)  # fmt: skip
         for block, num_layers in enumerate(self.block_config, start=1):
-            # One buffer per block, filled in place: with a chain of concatenates instead, XLA took
-            # twice as long to compile DenseNet-201's training step (95 s against 50 s on CPU).
-            channels = y.shape[-1]
-            y = jnp.pad(y, ((0, 0), (0, 0), (0, 0), (0, num_layers * self.growth_rate)))
-            for index in range(1, num_layers + 1):
-                new = layer(name=f"block{block}_layer{index}")(y[..., :channels], train)
-                y = lax.dynamic_update_slice(y, new.astype(y.dtype), (0, 0, 0, channels))
-                channels += self.growth_rate
+            if self.memory_efficient:
+                features = [y]
+                for index in range(1, num_layers + 1):
+                    new = layer(name=f"block{block}_layer{index}")(tuple(features), train)
+                    features.append(new.astype(y.dtype))
+                y = jnp.concatenate(features, axis=-1)
+            else:
+                # One buffer per block, filled in place: with a chain of concatenates instead, XLA
+                # took twice as long to compile DenseNet-201's training step (95 s against 50 s).
+                channels = y.shape[-1]
+                y = jnp.pad(y, ((0, 0), (0, 0), (0, 0), (0, num_layers * self.growth_rate)))
+                for index in range(1, num_layers + 1):
+                    new = layer(name=f"block{block}_layer{index}")(y[..., :channels], train)
+                    y = lax.dynamic_update_slice(y, new.astype(y.dtype), (0, 0, 0, channels))
+                    channels += self.growth_rate
             intermediates[f"stage{block}"] = y
             if block < len(self.block_config):
                 y = Transition(

@@ -157,6 +157,52 @@ def test_dropout_only_in_training():
     assert stage.shape == (2, 16, 16, 16)
 
 
+def test_memory_efficient_densenet_is_the_same_function_and_saves_only_the_feature_maps():
+    from cnnjax.analysis.memory import saved_residuals
+
+    # With dropout: the recomputation must draw the same masks.
+    kwargs = dict(growth_rate=8, block_config=(4, 4), num_init_features=16, **CIFAR,
+                  dropout_rate=0.2)  # fmt: skip
+    plain, efficient = DenseNet(**kwargs), DenseNet(memory_efficient=True, **kwargs)
+    x = jax.random.normal(jax.random.key(0), (4, 16, 16, 3))
+    labels = jnp.arange(4)
+    variables = compiled(plain.init, jax.random.key(1), x)
+    assert jax.tree.structure(variables) == jax.tree.structure(
+        jax.eval_shape(efficient.init, jax.random.key(1), x)
+    )
+
+    def loss(model):
+        def fn(params, x):
+            (logits, _), updates = model.apply(
+                {"params": params, "batch_stats": variables["batch_stats"]}, x, train=True,
+                mutable=["batch_stats"], rngs={"dropout": jax.random.key(2)},
+            )  # fmt: skip
+            return -jnp.mean(jax.nn.log_softmax(logits)[jnp.arange(4), labels]), updates
+
+        return fn
+
+    (want, want_stats), want_grads = compiled(
+        jax.value_and_grad(loss(plain), has_aux=True), variables["params"], x
+    )
+    (got, got_stats), got_grads = compiled(
+        jax.value_and_grad(loss(efficient), has_aux=True), variables["params"], x
+    )
+    np.testing.assert_allclose(got, want, rtol=1e-6)
+    for a, b in zip(
+        jax.tree.leaves((got_grads, got_stats)), jax.tree.leaves((want_grads, want_stats))
+    ):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+    def saved_bytes(model):
+        residuals = saved_residuals(lambda p, x: loss(model)(p, x)[0], variables["params"], x)
+        return sum(r.nbytes for r in residuals if r.kind == "activation")
+
+    saved = [saved_bytes(plain), saved_bytes(efficient)]
+    # Each layer's saved input (16..40 channels) and BN/ReLU outputs against one 8-channel map
+    # per layer: well under half.
+    assert saved[1] < 0.4 * saved[0], saved
+
+
 @pytest.mark.parametrize(
     "kwargs, match",
     [
