@@ -65,7 +65,7 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
-def prepare_jax(name, input_shape, batch, num_classes, impl) -> tuple[dict, dict]:
+def prepare_jax(name, input_shape, batch, num_classes, impl, model_kwargs=None):
     """(facts, {"train": step, "eval": forward}) of our model, compiled and warmed up."""
     import jax
     import jax.numpy as jnp
@@ -78,7 +78,7 @@ def prepare_jax(name, input_shape, batch, num_classes, impl) -> tuple[dict, dict
     from cnnjax.train.steps import Preprocess, train_step
 
     info = models.model_info(name)
-    model = models.create_model(name, num_classes=num_classes)
+    model = models.create_model(name, num_classes=num_classes, **dict(model_kwargs or {}))
     tx, _ = make_optimizer({"name": "sgd", "lr": 0.01, "momentum": 0.9}, {"name": "constant"}, 1)
     rng = np.random.default_rng(0)
     data = {
