@@ -109,17 +109,23 @@ def diagonal_shift_figure(rows, records):
 
 
 def consistency_figure(rows, records=None):
-    """Test accuracy against shift consistency (crop and circular), mean ± std over seeds."""
+    """Test accuracy against shift consistency (crop and circular), mean ± std over seeds.
+
+    One colour per blur filter size and one marker per network; hollow: no augmentation.
+    """
     del records
     plt = _pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.5), constrained_layout=True, sharey=True)
+    nets = list(dict.fromkeys(_net_and_color(row["arm"])[0] for row in rows))
     for ax, mode in zip(axes, ("crop", "circular")):
         for row in rows:
+            net, color = _net_and_color(row["arm"])
+            marker = "os^Dv"[nets.index(net) % 5]
             ax.errorbar(100 * row[f"consistency_{mode}"], 100 * row["test_accuracy"],
                         xerr=100 * np.nan_to_num(row[f"consistency_{mode}_std"]),
-                        yerr=100 * np.nan_to_num(row["test_accuracy_std"]),
-                        fmt="s" if row["arm"].endswith("noaug") else "o", capsize=3,
-                        label=row["arm"])  # fmt: skip
+                        yerr=100 * np.nan_to_num(row["test_accuracy_std"]), fmt=marker,
+                        color=color, mfc="none" if row["arm"].endswith("noaug") else color,
+                        capsize=3, label=row["arm"])  # fmt: skip
         ax.set(xlabel=f"consistency, {mode} shifts (%)", ylabel="test accuracy (%)",
                title=f"Accuracy vs {mode}-shift consistency (mean ± std)")  # fmt: skip
     axes[0].legend(fontsize=7)

@@ -6,8 +6,9 @@ shift-invariant again") on CIFAR-10: ResNet-20 and a CIFAR VGG-16, blur filters 
       --workdir=runs/blur_pool
 
 Sizes: `smoke` (synthetic data, tiny nets, seconds; the test suite runs it), `cpu` (CIFAR-10 JPEG
-q75 copy, 600 steps of 128 per run, VGG-16 at a quarter of its width, 3 seeds; results in
-experiments/results/blur_pool.md) and `paper` (full-width nets, 64k steps, for an accelerator).
+q75 copy, 600 steps of 128 per run, VGG-16 at a quarter of its width, 3 seeds, 10 arms: about
+2.2 hours on an idle 2-core CPU; results in experiments/results/blur_pool.md) and `paper`
+(full-width nets, 64k steps, for an accelerator).
 
 Arms are "<net>-blur<M>[-noaug]": net "resnet20" (Zhang's BasicBlock: stride-1 conv1, ReLU,
 BlurPool; blurred shortcut) or "vgg" (each 2x2 max pool -> MaxBlurPool; replicate borders, since
