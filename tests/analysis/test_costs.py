@@ -1,5 +1,7 @@
 """MAC and parameter counting from traced programs, against hand counts."""
 
+import functools
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -9,6 +11,7 @@ import pytest
 from cnnjax import models
 from cnnjax.analysis import count_macs, count_params
 from cnnjax.layers import conv_ops
+from tests.models.helpers import compiled
 
 
 def test_lenet5_macs_by_hand():
@@ -58,8 +61,7 @@ def small_models():
 def test_model_info_params_equal_an_actual_init(name):
     """Compiled init is affordable for the small models; the registry tests trace the rest."""
     info = models.model_info(name)
-    variables = models.create_model(name).init(
-        jax.random.key(0, impl="rbg"), jnp.zeros((1, *info.input_shape)), train=False
-    )
+    init = functools.partial(models.create_model(name).init, train=False)
+    variables = compiled(init, jax.random.key(0, impl="rbg"), jnp.zeros((1, *info.input_shape)))
     assert info.params == count_params(variables["params"]) > 0
     assert info.macs > 0
