@@ -79,6 +79,10 @@ def _net_and_color(arm: str):
     return net, f"C{(int(digits) - 1) % 10}" if digits else None
 
 
+def _nets(rows) -> list[str]:
+    return list(dict.fromkeys(_net_and_color(row["arm"])[0] for row in rows))
+
+
 def diagonal_shift_figure(rows, records):
     """Accuracy and agreement with the unshifted prediction along diagonal shifts.
 
@@ -86,7 +90,7 @@ def diagonal_shift_figure(rows, records):
     dashed lines for arms trained without augmentation. Mean over seeds.
     """
     plt = _pyplot()
-    nets = list(dict.fromkeys(_net_and_color(row["arm"])[0] for row in rows))
+    nets = _nets(rows)
     panels = [(net, mode) for net in nets for mode in ("crop", "circular")]
     fig, axes = plt.subplots(2, len(panels), figsize=(4.2 * len(panels), 7),
                              constrained_layout=True, sharex=True, squeeze=False)  # fmt: skip
@@ -116,7 +120,7 @@ def consistency_figure(rows, records=None):
     del records
     plt = _pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.5), constrained_layout=True, sharey=True)
-    nets = list(dict.fromkeys(_net_and_color(row["arm"])[0] for row in rows))
+    nets = _nets(rows)
     for ax, mode in zip(axes, ("crop", "circular")):
         for row in rows:
             net, color = _net_and_color(row["arm"])

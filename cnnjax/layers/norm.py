@@ -80,6 +80,10 @@ def _check_momentum_epsilon(momentum: float, epsilon: float) -> None:
 _ONE_PASS_LIMIT = 100.0
 
 
+def _centered_variance(xs, mean):
+    return jnp.square(xs - mean).mean(tuple(range(xs.ndim - 1)))
+
+
 def _moments(xs):
     """Batch mean, biased variance per channel of `(..., C)`, and whether two passes were needed.
 
@@ -92,14 +96,8 @@ def _moments(xs):
     mean = xs.mean(axes)
     var = jnp.maximum(jnp.square(xs).mean(axes) - jnp.square(mean), 0.0)
     ill_conditioned = jnp.any(jnp.square(mean) > _ONE_PASS_LIMIT * var)
-    var = lax.cond(
-        ill_conditioned, lambda: jnp.square(xs - mean).mean(axes), lambda: var
-    )  # fmt: skip
+    var = lax.cond(ill_conditioned, lambda: _centered_variance(xs, mean), lambda: var)
     return mean, var, ill_conditioned
-
-
-def _centered_variance(xs, mean):
-    return jnp.square(xs - mean).mean(tuple(range(xs.ndim - 1)))
 
 
 def _normalize_forward(xs, scale, bias, epsilon):

@@ -130,21 +130,29 @@ def summarize(records: Sequence[dict], metrics: Sequence[str]) -> list[dict]:
     return rows
 
 
+def _format(metric: str, percent) -> tuple[float, int]:
+    """(scale, decimals) of a metric's cells: percentages x100 with 2 decimals, else 3."""
+    return (100.0, 2) if metric in percent else (1.0, 3)
+
+
+def _table(first: str, columns: Mapping[str, str], body: Sequence[str]) -> str:
+    head = f"| {first} | seeds | " + " | ".join(columns.values()) + " |"
+    sep = "| --- | ---: | " + " | ".join("---:" for _ in columns) + " |"
+    return "\n".join([head, sep, *body])
+
+
 def markdown_table(rows: Sequence[dict], columns: Mapping[str, str], percent=()) -> str:
     """Markdown table of `summarize` rows: `columns` maps metric -> header; `percent` x100."""
-    head = "| arm | seeds | " + " | ".join(columns.values()) + " |"
-    sep = "| --- | ---: | " + " | ".join("---:" for _ in columns) + " |"
-    lines = [head, sep]
+    lines = []
     for row in rows:
         cells = []
         for metric in columns:
-            scale = 100.0 if metric in percent else 1.0
+            scale, digits = _format(metric, percent)
             mean, std = row[metric] * scale, row[metric + "_std"] * scale
-            digits = 2 if metric in percent else 3
             cells.append(f"{mean:.{digits}f}" + ("" if math.isnan(std) else f" ± {std:.{digits}f}"))
         name = f"{row['arm']}" + (f" ({row['label']})" if row.get("label") else "")
         lines.append(f"| {name} | {row['n']} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+    return _table("arm", columns, lines)
 
 
 def paired_differences(
@@ -186,13 +194,11 @@ def paired_differences(
 
 def differences_table(rows: Sequence[dict], columns: Mapping[str, str], percent=()) -> str:
     """Markdown table of `paired_differences` rows: mean difference [confidence interval]."""
-    head = "| arm - baseline | seeds | " + " | ".join(columns.values()) + " |"
-    lines = [head, "| --- | ---: | " + " | ".join("---:" for _ in columns) + " |"]
+    lines = []
     for row in rows:
         cells = []
         for metric in columns:
-            scale = 100.0 if metric in percent else 1.0
-            digits = 2 if metric in percent else 3
+            scale, digits = _format(metric, percent)
             mean, ci = row[metric] * scale, row[metric + "_ci"] * scale
             cell = f"{mean:+.{digits}f}"
             if not math.isnan(ci):
@@ -201,7 +207,7 @@ def differences_table(rows: Sequence[dict], columns: Mapping[str, str], percent=
         lines.append(
             f"| {row['arm']} - {row['baseline']} | {row['n']} | " + " | ".join(cells) + " |"
         )
-    return "\n".join(lines)
+    return _table("arm - baseline", columns, lines)
 
 
 def write_results(workdir: str, header: str, tables: Sequence[str], payload: dict) -> str:
