@@ -1,8 +1,10 @@
 """Checkpoints in the workdir with orbax: the last N in `checkpoints/`, the best in `best/`.
 
 Each checkpoint holds the whole train state (parameters, BatchNorm statistics, optimizer state,
-step, RNG) and, as JSON, the resolved config that produced it. Restoring compares that config with
-the current one and refuses to continue a different experiment in the same workdir.
+step, RNG) and, as JSON, the resolved config that produced it, stamped with `SCHEMA_VERSION`.
+Restoring compares that config with the current one and refuses to continue a different experiment
+in the same workdir. A key one side lacks compares as its default, so a field added to the schema
+after a run started (whose default keeps the old behaviour) does not strand that run.
 """
 
 from __future__ import annotations
@@ -15,6 +17,12 @@ import flax.serialization
 import orbax.checkpoint as ocp
 
 from cnnjax.errors import CheckpointError
+
+# Version of the config schema a saved config was written with; bump it when a field's meaning
+# changes (adding a field whose default keeps the old behaviour needs no bump). Configs saved
+# before versions were stamped read as version 0.
+SCHEMA_VERSION = 1
+SCHEMA_KEY = "schema_version"
 
 # Config keys that only steer logging, I/O or speed: changing them does not change the run.
 RUN_CONTROL_KEYS = frozenset(
@@ -44,13 +52,36 @@ def flatten(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
-def config_differences(saved: Mapping[str, Any], current: Mapping[str, Any]) -> list[str]:
-    """Lines `key: saved -> current` for every key that changes the run."""
+def stamped(config: Mapping[str, Any]) -> dict[str, Any]:
+    """The config as saved beside a run: its fields plus `schema_version`."""
+    return {**config, SCHEMA_KEY: SCHEMA_VERSION}
+
+
+def config_differences(
+    saved: Mapping[str, Any],
+    current: Mapping[str, Any],
+    defaults: Mapping[str, Any] | None = None,
+) -> list[str]:
+    """Lines `key: saved -> current` for every key that changes the run.
+
+    Args:
+      saved: the config stored with the checkpoint (nested dicts).
+      current: the config of this run (nested dicts).
+      defaults: flat `{dotted key: default}` of the schema (`flatten(base_config().to_dict())`).
+        A key absent from one side compares as its default there, so configs saved before a
+        field existed still match; a key without a default compares as `'<absent>'`.
+    """
     old, new = flatten(saved), flatten(current)
+    defaults = defaults or {}
+    absent = "<absent>"
+
+    def value(config: dict[str, Any], key: str) -> Any:
+        return config[key] if key in config else defaults.get(key, absent)
+
     return [
-        f"{key}: {old.get(key, '<absent>')!r} -> {new.get(key, '<absent>')!r}"
+        f"{key}: {value(old, key)!r} -> {value(new, key)!r}"
         for key in sorted(set(old) | set(new))
-        if key not in RUN_CONTROL_KEYS and old.get(key) != new.get(key)
+        if key not in RUN_CONTROL_KEYS and key != SCHEMA_KEY and value(old, key) != value(new, key)
     ]
 
 
@@ -59,12 +90,21 @@ class Checkpoints:
 
     Args:
       workdir: run folder; checkpoints go to `workdir/checkpoints` and `workdir/best`.
-      config: resolved config as plain dicts, stored with every checkpoint.
+      config: resolved config as plain dicts, stored with every checkpoint (stamped with
+        `SCHEMA_VERSION`).
       keep: how many of the latest checkpoints to keep.
+      defaults: flat schema defaults for `config_differences` (keys a saved config lacks).
     """
 
-    def __init__(self, workdir: str, config: Mapping[str, Any], keep: int = 3):
-        self.config = dict(config)
+    def __init__(
+        self,
+        workdir: str,
+        config: Mapping[str, Any],
+        keep: int = 3,
+        defaults: Mapping[str, Any] | None = None,
+    ):
+        self.config = stamped(config)
+        self.defaults = dict(defaults or {})
         self.latest_dir = os.path.abspath(os.path.join(workdir, "checkpoints"))
         self.best_dir = os.path.abspath(os.path.join(workdir, "best"))
         sync = dict(create=True, enable_async_checkpointing=False)
@@ -116,7 +156,7 @@ class Checkpoints:
             saved_config = meta.meta["config"]
         except Exception as error:
             raise self._unreadable(where, error) from None
-        differences = config_differences(saved_config, self.config)
+        differences = config_differences(saved_config, self.config, self.defaults)
         if differences:
             raise CheckpointError(
                 f"the checkpoint in {where} was written by a different config; refusing to "

@@ -102,9 +102,14 @@ def cifar_sgd_config(
     return c
 
 
+def schema_defaults() -> dict:
+    """`{dotted key: default}` of every field of `base_config()`, e.g. `{"optimizer.lr": 1e-3}`."""
+    return flatten(base_config().to_dict())
+
+
 def known_keys() -> set[str]:
     """Dotted names of every field of `base_config()`, e.g. "optimizer.lr"."""
-    return set(flatten(base_config().to_dict()))
+    return set(schema_defaults())
 
 
 def validate_config(config: ml_collections.ConfigDict) -> None:
