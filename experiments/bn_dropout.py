@@ -22,7 +22,7 @@ from cnnjax.analysis import ablation_plots
 from cnnjax.analysis import variance_shift as vs
 from cnnjax.analysis.shift_invariance import make_predict
 from cnnjax.errors import ConfigError
-from cnnjax.layers.noise import DROPOUT_KINDS
+from cnnjax.layers.dropout import DROPOUT_KINDS
 from cnnjax.train.ablation import Arm, markdown_table, run_ablation, summarize, write_results
 from experiments.common import batched, launch, machine, take
 

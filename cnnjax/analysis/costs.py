@@ -16,7 +16,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from cnnjax.layers.conv_ops import conv_impl
+from cnnjax.layers.backend import conv_impl
 
 
 def count_params(tree: Any) -> int:

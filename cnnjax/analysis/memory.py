@@ -44,7 +44,7 @@ import numpy as np
 from jax.extend import core as jex_core
 
 from cnnjax import models
-from cnnjax.layers.conv_ops import conv_impl
+from cnnjax.layers.backend import conv_impl
 from cnnjax.train.losses import get_loss
 from cnnjax.train.optim import make_optimizer
 from cnnjax.train.state import create_train_state

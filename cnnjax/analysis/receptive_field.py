@@ -30,7 +30,7 @@ from typing import Any, NamedTuple
 import jax
 
 from cnnjax.errors import ConfigError
-from cnnjax.layers.conv_ops import conv_impl
+from cnnjax.layers.backend import conv_impl
 from cnnjax.layers.shapes import resolve_padding
 
 

@@ -47,7 +47,7 @@ from cnnjax.analysis.layer_table import LayerRow, LayerTable, TensorInfo
 from cnnjax.analysis.receptive_field import describe, input_rf
 from cnnjax.analysis.rf_rules import propagate
 from cnnjax.errors import ConfigError, ShapeError
-from cnnjax.layers.conv_ops import conv_impl
+from cnnjax.layers.backend import conv_impl
 
 __all__ = ["LayerRow", "LayerTable", "TensorInfo", "trace_model"]
 

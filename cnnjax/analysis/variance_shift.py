@@ -28,15 +28,15 @@ import jax.numpy as jnp
 import numpy as np
 
 from cnnjax.errors import ConfigError, unknown_choice
-from cnnjax.layers.noise import DROPOUT_KINDS, NoiseDropout
-from cnnjax.layers.norm import BatchNorm, ChannelDropout
+from cnnjax.layers.dropout import DROPOUT_KINDS, ChannelDropout, NoiseDropout, make_dropout
+from cnnjax.layers.norm import BatchNorm
 
 _BATCH_NORMS = (BatchNorm, nn.BatchNorm)
 _DROPOUTS = (nn.Dropout, ChannelDropout, NoiseDropout)
 
 
 def noise_variance(kind: str, rate: float) -> float:
-    """`Var(r)` of the multiplicative noise of a dropout kind (see `cnnjax.layers.noise`)."""
+    """`Var(r)` of the multiplicative noise of a dropout kind (see `cnnjax.layers.dropout`)."""
     if kind not in DROPOUT_KINDS:
         raise ConfigError(unknown_choice("dropout kind", kind, DROPOUT_KINDS))
     if kind == "uniform":
@@ -205,8 +205,6 @@ def simulate_toy_shift(kind: str, rate: float, mean: float = 0.0, var: float = 1
     over the variance of its input at test time (dropout off, fresh samples) -- the quantity
     `predicted_shift` / `predicted_linear_shift` predict (up to the running average's noise).
     """
-    from cnnjax.layers.noise import make_dropout
-
     rng = np.random.default_rng(seed)
     weights = rng.normal(size=(width, 1)).astype(np.float32) if width > 1 else None
 

@@ -51,7 +51,7 @@ import numpy as np
 
 from cnnjax import models
 from cnnjax.analysis.costs import _dot_macs, _sub_jaxprs, jaxpr_macs
-from cnnjax.layers.conv_ops import conv_impl
+from cnnjax.layers.backend import conv_impl
 
 
 def _in_bounds_taps(

@@ -3,6 +3,7 @@
 Pure functions are collected in `cnnjax.layers.functional`; modules and factories are here.
 """
 
+from cnnjax.layers.backend import CONV_IMPLS, conv_impl, inference_fusion
 from cnnjax.layers.blocks import ORDER_TOKENS, ConvBlock, parse_order
 from cnnjax.layers.blurpool import BlurAvgPool, BlurPool, ConvBlurPool, MaxBlurPool
 from cnnjax.layers.components import resolve_component, resolve_components
@@ -16,18 +17,16 @@ from cnnjax.layers.conv import (
     SpatiallySeparableConv2d,
     make_conv,
 )
-from cnnjax.layers.conv_ops import CONV_IMPLS, conv_impl
-from cnnjax.layers.fusion import conv_bn_act, fold_batchnorm, inference_fusion
-from cnnjax.layers.noise import DROPOUT_KINDS, NoiseDropout, make_dropout
-from cnnjax.layers.norm import (
-    BatchNorm,
+from cnnjax.layers.dropout import (
+    DROPOUT_KINDS,
     ChannelDropout,
     Dropout,
     Dropout2d,
-    LayerNorm,
-    LocalResponseNorm,
-    TorchBatchNorm,
+    NoiseDropout,
+    make_dropout,
 )
+from cnnjax.layers.fusion import conv_bn_act, fold_batchnorm
+from cnnjax.layers.norm import BatchNorm, LayerNorm, LocalResponseNorm, TorchBatchNorm
 from cnnjax.layers.padding import PAD_MODES, pad, render_padding_demo
 from cnnjax.layers.pooling import (
     AdaptiveAvgPool2d,

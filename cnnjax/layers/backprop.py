@@ -27,7 +27,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from cnnjax.errors import ConfigError, unknown_choice
-from cnnjax.layers.conv_ops import dimension_numbers
+from cnnjax.layers.shapes import dimension_numbers
 
 Pads = tuple[tuple[int, int], ...]
 

@@ -20,8 +20,9 @@ import jax.numpy as jnp
 
 from cnnjax.errors import ConfigError, unknown_choice
 from cnnjax.layers.conv import make_conv
+from cnnjax.layers.dropout import ChannelDropout
 from cnnjax.layers.fusion import conv_bn_act
-from cnnjax.layers.norm import BatchNorm, ChannelDropout
+from cnnjax.layers.norm import BatchNorm
 from cnnjax.layers.shapes import PaddingSpec
 
 ModuleDef = Any

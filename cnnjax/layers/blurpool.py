@@ -29,7 +29,8 @@ import numpy as np
 from jax import lax
 
 from cnnjax.errors import ConfigError, ShapeError
-from cnnjax.layers.conv import Conv2d, layer_name
+from cnnjax.layers.backend import layer_name
+from cnnjax.layers.conv import Conv2d
 from cnnjax.layers.padding import check_pad_mode, pad
 from cnnjax.layers.pooling import avg_pool2d, max_pool2d
 from cnnjax.layers.shapes import PaddingSpec, as_pair

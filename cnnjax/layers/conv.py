@@ -16,18 +16,13 @@ import jax.numpy as jnp
 
 from cnnjax.errors import ConfigError, ShapeError, unknown_choice
 from cnnjax.layers import conv_ops
+from cnnjax.layers.backend import layer_name
 from cnnjax.layers.shapes import PaddingSpec, as_pair, as_tuple, resolve_padding
 
 Initializer = Callable[..., Any]
 
 # He et al. 2015 ("Delving deep into rectifiers") normal init, fan-out mode as in torchvision.
 he_normal_fan_out = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
-
-
-def layer_name(module: nn.Module) -> str:
-    """A readable path for error messages, e.g. 'CifarResNet/stage2_block1/conv1'."""
-    path = module.scope.path if module.scope is not None else ()
-    return "/".join((type(module).__name__, *path)) if path else type(module).__name__
 
 
 class _Conv(nn.Module):

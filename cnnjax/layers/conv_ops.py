@@ -14,69 +14,41 @@ differentiates with the course's backpropagation formulas (`cnnjax.layers.backpr
 supported (float32, no negative padding), else "xla": GPUs and TPUs always get XLA's native
 convolutions. All compute the same function (tested to float32 rounding).
 
-`conv_impl("xla")` makes "auto" mean "xla" inside a `with` block (`force=True`: "onednn" too).
-The analysis tools trace under it, so that they see `conv_general_dilated` equations; forward-mode
-differentiation (`jax.jvp`, Hessian-vector products) needs `conv_impl("xla", force=True)` too,
-since the oneDNN path and batch norm's hand-written backward pass (`cnnjax.layers.norm`) are
-defined for reverse mode only; under it both use JAX's own differentiation rules.
+`conv_impl("xla")` (`cnnjax.layers.backend`) makes "auto" mean "xla" inside a `with` block
+(`force=True`: "onednn" too). The analysis tools trace under it, so that they see
+`conv_general_dilated` equations; forward-mode differentiation (`jax.jvp`, Hessian-vector
+products) needs `conv_impl("xla", force=True)` too, since the oneDNN path and batch norm's
+hand-written backward pass (`cnnjax.layers.norm`) are defined for reverse mode only; under it
+both use JAX's own differentiation rules.
 """
 
 from __future__ import annotations
 
-import contextlib
-import contextvars
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
 from jax import lax
 
 from cnnjax.errors import ConfigError, ShapeError, unknown_choice
+from cnnjax.layers.backend import CONV_IMPLS, conv_impl_override
+from cnnjax.layers.backprop import explicit_conv
 from cnnjax.layers.padding import check_pad_mode, pad
 from cnnjax.layers.shapes import (
     PaddingSpec,
     as_tuple,
     check_window,
     conv_transpose_output_size,
+    dimension_numbers,
     resolve_padding,
 )
-
-CONV_IMPLS = ("auto", "xla", "onednn", "explicit")
-# (what "auto" resolves to or None for the backend's choice, whether "onednn" is overridden too)
-_OVERRIDE: contextvars.ContextVar[tuple[str | None, bool]] = contextvars.ContextVar(
-    "cnnjax_conv_impl", default=(None, False)
-)
-
-
-@contextlib.contextmanager
-def conv_impl(impl: str, force: bool = False) -> Iterator[None]:
-    """Inside the block, convolutions with impl "auto" (with `force`, "onednn" too) use `impl`.
-
-    Applies to code traced inside the block (a jitted function keeps what it was traced with).
-    """
-    if impl not in CONV_IMPLS:
-        raise ConfigError(unknown_choice("conv impl", impl, CONV_IMPLS))
-    token = _OVERRIDE.set((impl, force))
-    try:
-        yield
-    finally:
-        _OVERRIDE.reset(token)
-
-
-def portable_autodiff() -> bool:
-    """Whether code traced now is inside `conv_impl("xla", force=True)`.
-
-    There every layer differentiates with JAX's own rules (no FFI kernels, no hand-written
-    VJPs), so that forward mode (`jax.jvp`) and higher derivatives work throughout.
-    """
-    return _OVERRIDE.get() == ("xla", True)
 
 
 def select_impl(impl: str, x, kernel, pads, layer: str = "conv") -> str:
     """The implementation ("xla", "onednn" or "explicit") a convolution call runs with."""
     if impl not in CONV_IMPLS:
         raise ConfigError(unknown_choice("conv impl", impl, CONV_IMPLS))
-    override, force = _OVERRIDE.get()
+    override, force = conv_impl_override()
     if override is not None and (impl == "auto" or (force and impl == "onednn")):
         impl = override
     if impl not in ("auto", "onednn"):
@@ -94,16 +66,6 @@ def select_impl(impl: str, x, kernel, pads, layer: str = "conv") -> str:
         )
     onednn.load()  # raises Unavailable with the reason
     return impl
-
-
-_DIMENSION_NUMBERS = {1: ("NWC", "WIO", "NWC"), 2: ("NHWC", "HWIO", "NHWC")}
-
-
-def dimension_numbers(ndim: int) -> tuple[str, str, str]:
-    """`lax` dimension numbers of channels-last activations and kernels with `ndim` spatial axes."""
-    if ndim not in _DIMENSION_NUMBERS:
-        raise ShapeError(f"only 1-D and 2-D convolutions are supported, got {ndim} spatial axes")
-    return _DIMENSION_NUMBERS[ndim]
 
 
 def _check_channels(layer: str, x, kernel, groups: int) -> None:
@@ -182,8 +144,6 @@ def conv(
 
         y = onednn_conv(x, kernel, strides, pads, dilation, groups)
     elif impl == "explicit":
-        from cnnjax.layers.backprop import explicit_conv  # lazy: backprop imports this module
-
         y = explicit_conv(x, kernel, strides, pads, dilation, groups, precision)
     else:
         y = lax.conv_general_dilated(

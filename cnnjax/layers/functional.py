@@ -15,13 +15,8 @@ from cnnjax.layers.conv_ops import (
     conv_transpose,
     conv_transpose2d,
 )
-from cnnjax.layers.norm import (
-    batch_norm,
-    channel_dropout,
-    dropout,
-    layer_norm,
-    local_response_norm,
-)
+from cnnjax.layers.dropout import channel_dropout, dropout
+from cnnjax.layers.norm import batch_norm, layer_norm, local_response_norm
 from cnnjax.layers.padding import pad
 from cnnjax.layers.pooling import (
     adaptive_avg_pool2d,

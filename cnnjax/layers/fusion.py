@@ -16,52 +16,27 @@ evaluation mode with the CPU fast path selected for this convolution
 padding, float32, batch norm being `cnnjax.layers.BatchNorm`. It also stays unfused while a Flax
 method interceptor or `capture_intermediates` is active, since those expect the conv and norm
 modules to be called (`cnnjax.analysis.variance_shift` intercepts batch norm's inputs), and
-inside `with inference_fusion(False):`. Folded and unfused outputs agree to float32 rounding
-(tests/layers/test_fusion.py).
+inside `with inference_fusion(False):` (`cnnjax.layers.backend`). Folded and unfused outputs
+agree to float32 rounding (tests/layers/test_fusion.py).
 """
 
 from __future__ import annotations
 
-import contextlib
-import contextvars
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-from flax.linen import module as flax_module
 
 from cnnjax.errors import ShapeError
 from cnnjax.layers import conv_ops
-from cnnjax.layers.conv import _Conv, layer_name
+from cnnjax.layers.backend import fusion_enabled, layer_name, modules_observed
+from cnnjax.layers.conv import Conv2d
 from cnnjax.layers.norm import BatchNorm
 from cnnjax.layers.shapes import as_tuple, check_window, resolve_padding
 
-_ENABLED: contextvars.ContextVar[bool] = contextvars.ContextVar("cnnjax_fusion", default=True)
 # The activations oneDNN applies as a post-op, by identity of the function.
 _FUSED_ACTS = {nn.relu: "relu", jax.nn.relu: "relu", nn.relu6: "relu6", jax.nn.relu6: "relu6"}
-
-
-@contextlib.contextmanager
-def inference_fusion(enabled: bool) -> Iterator[None]:
-    """Inside the block, `conv_bn_act` folds (True, the default) or never folds (False).
-
-    Applies to code traced inside the block (a jitted function keeps what it was traced with).
-    """
-    token = _ENABLED.set(bool(enabled))
-    try:
-        yield
-    finally:
-        _ENABLED.reset(token)
-
-
-def _modules_observed() -> bool:
-    # Flax keeps these in private module state; if it moves them, fusing while observed would
-    # hide calls that an interceptor or `capture_intermediates` expects to see.
-    interceptors = getattr(flax_module, "_global_interceptor_stack", None)
-    context = getattr(flax_module, "_context", None)
-    capturing = any(getattr(context, "capture_stack", None) or ())
-    return bool(interceptors) or capturing or interceptors is None or context is None
 
 
 def fold_batchnorm(kernel, conv_bias, mean, var, scale, bias, epsilon):
@@ -85,8 +60,9 @@ def fold_batchnorm(kernel, conv_bias, mean, var, scale, bias, epsilon):
 
 def _foldable(conv: nn.Module, norm: nn.Module, x) -> bool:
     return (
-        _ENABLED.get()
-        and isinstance(conv, _Conv)
+        fusion_enabled()
+        # Conv2d and its subclasses (DepthwiseConv2d): the modules whose fields `_folded` reads.
+        and isinstance(conv, Conv2d)
         and conv.ndim == 2
         and isinstance(norm, BatchNorm)
         and norm.use_running_average is True
@@ -96,7 +72,7 @@ def _foldable(conv: nn.Module, norm: nn.Module, x) -> bool:
         and norm.dtype in (None, jnp.float32)
         and x.dtype == jnp.float32
         and not norm.is_initializing()
-        and not _modules_observed()
+        and not modules_observed()
         and "kernel" in conv.variables.get("params", {})
         and "mean" in norm.variables.get("batch_stats", {})
     )

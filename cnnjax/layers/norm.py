@@ -1,4 +1,4 @@
-"""Normalization and regularization layers over channels-last (NHWC) activations.
+"""Normalization layers over channels-last (NHWC) activations; dropout is in `dropout.py`.
 
 Every layer is a pure function (testable against numpy or `torch.nn.functional`) plus a Linen
 module or a `functools.partial` of Flax's module with PyTorch's defaults.
@@ -24,7 +24,7 @@ Backward pass. In training mode `batch_norm` differentiates with the closed form
 that read `dy` and `x` once, then one element-wise pass. JAX's own derivative of the two-pass
 mean/variance graph takes about twice as many passes over the activations, and on CPU batch
 norm's memory traffic costs as much as the convolutions of a small CIFAR network. Under
-`conv_impl("xla", force=True)` (see `cnnjax.layers.conv_ops`) JAX's rules are used instead,
+`conv_impl("xla", force=True)` (see `cnnjax.layers.backend`) JAX's rules are used instead,
 which forward-mode differentiation (`jax.jvp`) needs.
 """
 
@@ -42,7 +42,7 @@ import numpy as np
 from jax import lax
 
 from cnnjax.errors import ConfigError, ShapeError
-from cnnjax.layers.conv_ops import portable_autodiff
+from cnnjax.layers.backend import portable_autodiff
 
 Initializer = Callable[..., Any]
 
@@ -54,9 +54,6 @@ FlaxBatchNorm = functools.partial(nn.BatchNorm, momentum=0.9, epsilon=1e-5)
 # two-pass variance is what `F.layer_norm` computes; Flax's default E[x^2] - E[x]^2 loses digits
 # when |mean| >> std.
 LayerNorm = functools.partial(nn.LayerNorm, epsilon=1e-6, use_fast_variance=False)
-
-# Flax's element-wise dropout (Srivastava et al. 2014): rng collection "dropout", inverted scaling.
-Dropout = nn.Dropout
 
 
 def _stat_dtype(x: jnp.ndarray) -> Any:
@@ -327,94 +324,6 @@ def layer_norm(
     # Recomputed in the backward pass from `x` (a reduction over C per position, cheap), so
     # that only the input is saved instead of the centered and normalized copies.
     return jax.checkpoint(normalize)(x, scale, bias)
-
-
-def _check_rate(rate: float) -> None:
-    # A traced rate cannot be checked; it is the caller's responsibility.
-    if isinstance(rate, int | float) and not 0.0 <= rate <= 1.0:
-        raise ConfigError(f"dropout rate must be in [0, 1] (the drop probability), got {rate}")
-
-
-def _drop(key: jax.Array, x: jnp.ndarray, rate: float, mask_shape: tuple[int, ...]):
-    _check_rate(rate)
-    if isinstance(rate, int | float):
-        if rate == 0.0:
-            return x
-        if rate == 1.0:
-            return jnp.zeros_like(x)
-    keep = 1.0 - rate
-    mask = jax.random.bernoulli(key, keep, mask_shape)
-    # Inverted dropout: scaling kept units by 1/(1-p) at training time leaves E[y] = x, so
-    # evaluation is the identity.
-    return jnp.where(mask, x / keep, jnp.zeros((), x.dtype)).astype(x.dtype)
-
-
-def dropout(key: jax.Array, x: jnp.ndarray, rate: float) -> jnp.ndarray:
-    """Element-wise dropout (Srivastava et al. 2014): `y = m * x / (1 - rate)`, `m ~ Bernoulli`.
-
-    Args:
-      key: PRNG key.
-      x: any shape.
-      rate: drop probability in [0, 1].
-
-    Returns:
-      The shape and dtype of `x`; each element zeroed independently with probability `rate`.
-    """
-    return _drop(key, x, rate, x.shape)
-
-
-def channel_dropout(key: jax.Array, x: jnp.ndarray, rate: float) -> jnp.ndarray:
-    """Spatial dropout (Tompson et al. 2015): drops whole channels of each example.
-
-    `y[n, h, w, c] = m[n, c] * x[n, h, w, c] / (1 - rate)` with one `m[n, c] ~ Bernoulli(1 - rate)`
-    per example and channel, i.e. a `(N, 1, 1, C)` mask: neighbouring pixels of a feature map are
-    strongly correlated, so element-wise dropout barely regularises convolutional features.
-    PyTorch's `Dropout2d` (`Dropout1d` for `(N, L, C)`, `Dropout3d` for 5-D) on NHWC.
-
-    Args:
-      key: PRNG key.
-      x: `(N, *spatial, C)` with at least one spatial axis.
-      rate: drop probability in [0, 1].
-
-    Returns:
-      The shape and dtype of `x`.
-
-    Raises:
-      ShapeError: for inputs with fewer than 3 axes (use `dropout`).
-    """
-    if x.ndim < 3:
-        raise ShapeError(
-            f"channel_dropout: expected (N, *spatial, C) with a spatial axis, got shape {x.shape}"
-        )
-    mask_shape = (x.shape[0],) + (1,) * (x.ndim - 2) + (x.shape[-1],)
-    return _drop(key, x, rate, mask_shape)
-
-
-class ChannelDropout(nn.Module):
-    """Spatial dropout of whole channels per example; see `channel_dropout`. No parameters.
-
-    Attributes:
-      rate: drop probability in [0, 1].
-      deterministic: identity when True (eval); may instead be passed to `__call__`.
-      rng_collection: rng collection of the mask ("dropout", as for `nn.Dropout`).
-    """
-
-    rate: float
-    deterministic: bool | None = None
-    rng_collection: str = "dropout"
-
-    @nn.compact
-    def __call__(self, x: jnp.ndarray, deterministic: bool | None = None) -> jnp.ndarray:
-        """`(N, *spatial, C) -> (N, *spatial, C)`."""
-        deterministic = nn.merge_param("deterministic", self.deterministic, deterministic)
-        _check_rate(self.rate)
-        if deterministic or self.rate == 0.0:
-            return x
-        return channel_dropout(self.make_rng(self.rng_collection), x, self.rate)
-
-
-# PyTorch's name for the same layer.
-Dropout2d = ChannelDropout
 
 
 def _check_lrn(size: int, alpha: float, beta: float, k: float) -> None:

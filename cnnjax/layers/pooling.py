@@ -28,7 +28,7 @@ import numpy as np
 from jax import lax
 
 from cnnjax.errors import ConfigError, ShapeError, unknown_choice
-from cnnjax.layers.conv import layer_name
+from cnnjax.layers.backend import layer_name
 from cnnjax.layers.shapes import PaddingSpec, as_pair, check_window, resolve_padding
 
 SPP_METHODS = ("max", "avg")

@@ -1,4 +1,4 @@
-"""Output-shape arithmetic shared by convolution and pooling layers.
+"""Output-shape arithmetic and the channels-last layout shared by convolution and pooling layers.
 
 The course's formula for one spatial axis of a convolution or pooling window is
 
@@ -19,6 +19,14 @@ from cnnjax.errors import ConfigError, ShapeError, unknown_choice
 
 PaddingSpec = str | int | Sequence[int] | Sequence[tuple[int, int]]
 PADDING_NAMES = ("valid", "same", "full")
+_DIMENSION_NUMBERS = {1: ("NWC", "WIO", "NWC"), 2: ("NHWC", "HWIO", "NHWC")}
+
+
+def dimension_numbers(ndim: int) -> tuple[str, str, str]:
+    """`lax` dimension numbers of channels-last activations and kernels with `ndim` spatial axes."""
+    if ndim not in _DIMENSION_NUMBERS:
+        raise ShapeError(f"only 1-D and 2-D convolutions are supported, got {ndim} spatial axes")
+    return _DIMENSION_NUMBERS[ndim]
 
 
 def as_pair(value: int | Sequence[int], name: str) -> tuple[int, int]:

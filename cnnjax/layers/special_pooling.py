@@ -19,7 +19,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from cnnjax.errors import ConfigError, ShapeError
-from cnnjax.layers.conv import layer_name
+from cnnjax.layers.backend import layer_name
 from cnnjax.layers.pooling import PoolWindow, plan_window
 from cnnjax.layers.shapes import PaddingSpec
 

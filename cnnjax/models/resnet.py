@@ -33,8 +33,8 @@ from cnnjax.errors import ConfigError, unknown_choice
 from cnnjax.layers import BatchNorm, Conv2d, global_avg_pool, max_pool2d
 from cnnjax.layers.blurpool import blur_pool2d
 from cnnjax.layers.conv import he_normal_fan_out
+from cnnjax.layers.dropout import make_dropout
 from cnnjax.layers.fusion import conv_bn_act
-from cnnjax.layers.noise import make_dropout
 from cnnjax.models.convert import TorchReader, register_converter
 from cnnjax.models.registry import register
 
@@ -92,7 +92,7 @@ class BasicBlock(nn.Module):
       dropout_rate: rate of one dropout layer in the block (0: none).
       dropout_position: "after_bn" (`conv1-bn1-relu-drop-conv2-bn2`) or "before_bn"
         (`conv1-drop-bn1-relu-conv2-bn2`), see `BLOCK_DROPOUT_POSITIONS`.
-      dropout_kind: a kind of `cnnjax.layers.noise.make_dropout`.
+      dropout_kind: a kind of `cnnjax.layers.dropout.make_dropout`.
       antialias: binomial blur size of Zhang 2019 for a strided block (1: plain striding). Above
         1, conv1 runs at stride 1 and `BlurPool(antialias, strides)` follows its ReLU (Zhang's
         `BasicBlock`); the shortcut is blurred before it subsamples.

@@ -23,8 +23,8 @@ import jax.numpy as jnp
 from cnnjax.errors import ConfigError, unknown_choice
 from cnnjax.layers import BatchNorm, Conv2d, global_avg_pool
 from cnnjax.layers.conv import he_normal_fan_out
+from cnnjax.layers.dropout import make_dropout
 from cnnjax.layers.fusion import conv_bn_act
-from cnnjax.layers.noise import make_dropout
 from cnnjax.models.registry import register
 from cnnjax.models.resnet import BLOCK_DROPOUT_POSITIONS, SHORTCUTS, BasicBlock
 

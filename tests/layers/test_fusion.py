@@ -11,7 +11,8 @@ from cnnjax import models
 from cnnjax.errors import ShapeError
 from cnnjax.ext import onednn
 from cnnjax.layers import BatchNorm, Conv2d, ConvBlock, DepthwiseConv2d, LayerNorm, conv_impl
-from cnnjax.layers.fusion import conv_bn_act, fold_batchnorm, inference_fusion
+from cnnjax.layers.backend import inference_fusion
+from cnnjax.layers.fusion import conv_bn_act, fold_batchnorm
 
 needs_onednn = pytest.mark.skipif(
     not onednn.available(), reason=f"oneDNN extension unavailable: {onednn.unavailable_reason()}"

@@ -1,4 +1,4 @@
-"""Normalization and dropout layers against numpy loops and `torch.nn` / `torch.nn.functional`."""
+"""Normalization layers against numpy loops and `torch.nn` / `torch.nn.functional`."""
 
 import contextlib
 import functools
@@ -14,18 +14,14 @@ from jax.test_util import check_grads
 
 from cnnjax.errors import ConfigError, ShapeError
 from cnnjax.layers import conv_impl
+from cnnjax.layers.dropout import ChannelDropout
 from cnnjax.layers.norm import (
     BatchNorm,
-    ChannelDropout,
-    Dropout,
-    Dropout2d,
     FlaxBatchNorm,
     LayerNorm,
     LocalResponseNorm,
     TorchBatchNorm,
     batch_norm,
-    channel_dropout,
-    dropout,
     layer_norm,
     local_response_norm,
 )
@@ -309,76 +305,6 @@ def test_layer_norm_matches_torch_over_channels():
     np.testing.assert_allclose(jax.jit(LayerNorm().apply)(variables, x), expected, **TOL)
     np.testing.assert_allclose(layer_norm(x, scale, bias), expected, **TOL)
     assert LayerNorm().epsilon == 1e-6
-
-
-# --- Dropout ---------------------------------------------------------------------------------
-
-
-def test_dropout_is_flax_dropout_with_the_dropout_rng():
-    x = np.ones((4, 8, 8, 3), np.float32)
-    y = Dropout(0.5).apply({}, x, deterministic=False, rngs={"dropout": jax.random.PRNGKey(0)})
-    assert set(np.unique(y)) == {0.0, 2.0}
-    np.testing.assert_array_equal(Dropout(0.5).apply({}, x, deterministic=True), x)
-    with pytest.raises(Exception, match="dropout"):
-        Dropout(0.5).apply({}, x, deterministic=False)  # no rng given
-
-
-@settings(max_examples=12, deadline=None)  # a compilation per shape
-@given(
-    shape=st.tuples(st.integers(1, 4), st.integers(1, 5), st.integers(1, 5), st.integers(1, 6)),
-    rate=st.sampled_from([0.1, 0.5, 0.75]),
-    seed=st.integers(0, 2**16),
-)
-def test_channel_dropout_drops_whole_channels_per_example(shape, rate, seed):
-    x = normal(seed, *shape) + 10.0  # nonzero everywhere
-    # A traced rate: one compilation per shape, not per (shape, rate).
-    y = np.asarray(jax.jit(channel_dropout)(jax.random.PRNGKey(seed), x, rate))
-    ratio = y / x
-    assert y.shape == x.shape and y.dtype == x.dtype
-    # One value per (example, channel): the mask is (N, 1, 1, C).
-    np.testing.assert_allclose(ratio, np.broadcast_to(ratio[:, :1, :1, :], shape), rtol=1e-6)
-    assert np.all(np.isclose(ratio, 0.0) | np.isclose(ratio, 1 / (1 - rate), rtol=1e-6))
-
-
-@pytest.mark.parametrize("drop", [dropout, channel_dropout], ids=["dropout", "channel"])
-def test_dropout_preserves_expectation(drop):
-    rate = 0.3
-    x = np.ones((4096, 2, 2, 8), np.float32)
-    y = np.asarray(jax.jit(drop, static_argnums=2)(jax.random.PRNGKey(0), x, rate))
-    # The mean over 4096*8 independent masks has standard error sqrt(p/(1-p)/32768) = 0.004.
-    np.testing.assert_allclose(y.mean(), 1.0, atol=0.02)
-    np.testing.assert_allclose((y == 0).mean(), rate, atol=0.02)
-
-
-def test_channel_dropout_module():
-    x = normal(0, 3, 4, 4, 5)
-    module = ChannelDropout(0.5)
-    key = {"dropout": jax.random.PRNGKey(1)}
-    np.testing.assert_array_equal(module.apply({}, x, deterministic=True), x)
-    np.testing.assert_array_equal(ChannelDropout(0.0).apply({}, x, deterministic=False), x)
-    np.testing.assert_array_equal(
-        ChannelDropout(1.0).apply({}, x, deterministic=False, rngs=key), 0
-    )
-    y = np.asarray(jax.jit(lambda x: module.apply({}, x, deterministic=False, rngs=key))(x))
-    kept = (y != 0).all(axis=(1, 2))
-    assert kept.any() and not kept.all()
-    np.testing.assert_allclose(y, np.where(kept[:, None, None, :], 2 * x, 0.0), rtol=1e-6)
-    assert module.init({}, x, deterministic=True) == {}  # no parameters
-    assert Dropout2d is ChannelDropout
-    # Sequence inputs (N, L, C) drop whole channels too, as PyTorch's Dropout1d.
-    seq = np.ones((64, 7, 4), np.float32)
-    y = np.asarray(channel_dropout(jax.random.PRNGKey(0), seq, 0.5))
-    assert np.all((y == y[:, :1, :]).all(1))
-
-
-def test_dropout_bad_arguments():
-    x = np.ones((2, 3, 3, 4), np.float32)
-    with pytest.raises(ConfigError, match=r"dropout rate must be in \[0, 1\].*got 1.5"):
-        channel_dropout(jax.random.PRNGKey(0), x, 1.5)
-    with pytest.raises(ConfigError, match="got -0.1"):
-        ChannelDropout(-0.1).apply({}, x, deterministic=True)
-    with pytest.raises(ShapeError, match=r"\(N, \*spatial, C\).*\(2, 4\)"):
-        channel_dropout(jax.random.PRNGKey(0), x[:, 0, 0], 0.5)
 
 
 # --- Local response normalization ------------------------------------------------------------

@@ -1,4 +1,8 @@
-"""Dropout variants with one interface, for the BN-versus-dropout ablation (Li et al. 2019).
+"""Dropout layers: element-wise and channel dropout, and the noise variants of the ablation.
+
+`dropout` / `Dropout` (Flax's `nn.Dropout`) drop elements, `channel_dropout` / `ChannelDropout`
+(`Dropout2d`) whole feature maps. `make_dropout` builds any of the kinds below with one
+interface, for the BN-versus-dropout ablation (Li et al. 2019).
 
 Every kind multiplies activations by noise of mean 1 while training and is the identity in
 evaluation. Only the variance of the noise differs, and with it the "variance shift" a following
@@ -21,8 +25,99 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from cnnjax.errors import ConfigError, unknown_choice
-from cnnjax.layers.norm import ChannelDropout, _check_rate
+from cnnjax.errors import ConfigError, ShapeError, unknown_choice
+
+# Flax's element-wise dropout (Srivastava et al. 2014): rng collection "dropout", inverted scaling.
+Dropout = nn.Dropout
+
+
+def _check_rate(rate: float) -> None:
+    # A traced rate cannot be checked; it is the caller's responsibility.
+    if isinstance(rate, int | float) and not 0.0 <= rate <= 1.0:
+        raise ConfigError(f"dropout rate must be in [0, 1] (the drop probability), got {rate}")
+
+
+def _drop(key: jax.Array, x: jnp.ndarray, rate: float, mask_shape: tuple[int, ...]):
+    _check_rate(rate)
+    if isinstance(rate, int | float):
+        if rate == 0.0:
+            return x
+        if rate == 1.0:
+            return jnp.zeros_like(x)
+    keep = 1.0 - rate
+    mask = jax.random.bernoulli(key, keep, mask_shape)
+    # Inverted dropout: scaling kept units by 1/(1-p) at training time leaves E[y] = x, so
+    # evaluation is the identity.
+    return jnp.where(mask, x / keep, jnp.zeros((), x.dtype)).astype(x.dtype)
+
+
+def dropout(key: jax.Array, x: jnp.ndarray, rate: float) -> jnp.ndarray:
+    """Element-wise dropout (Srivastava et al. 2014): `y = m * x / (1 - rate)`, `m ~ Bernoulli`.
+
+    Args:
+      key: PRNG key.
+      x: any shape.
+      rate: drop probability in [0, 1].
+
+    Returns:
+      The shape and dtype of `x`; each element zeroed independently with probability `rate`.
+    """
+    return _drop(key, x, rate, x.shape)
+
+
+def channel_dropout(key: jax.Array, x: jnp.ndarray, rate: float) -> jnp.ndarray:
+    """Spatial dropout (Tompson et al. 2015): drops whole channels of each example.
+
+    `y[n, h, w, c] = m[n, c] * x[n, h, w, c] / (1 - rate)` with one `m[n, c] ~ Bernoulli(1 - rate)`
+    per example and channel, i.e. a `(N, 1, 1, C)` mask: neighbouring pixels of a feature map are
+    strongly correlated, so element-wise dropout barely regularises convolutional features.
+    PyTorch's `Dropout2d` (`Dropout1d` for `(N, L, C)`, `Dropout3d` for 5-D) on NHWC.
+
+    Args:
+      key: PRNG key.
+      x: `(N, *spatial, C)` with at least one spatial axis.
+      rate: drop probability in [0, 1].
+
+    Returns:
+      The shape and dtype of `x`.
+
+    Raises:
+      ShapeError: for inputs with fewer than 3 axes (use `dropout`).
+    """
+    if x.ndim < 3:
+        raise ShapeError(
+            f"channel_dropout: expected (N, *spatial, C) with a spatial axis, got shape {x.shape}"
+        )
+    mask_shape = (x.shape[0],) + (1,) * (x.ndim - 2) + (x.shape[-1],)
+    return _drop(key, x, rate, mask_shape)
+
+
+class ChannelDropout(nn.Module):
+    """Spatial dropout of whole channels per example; see `channel_dropout`. No parameters.
+
+    Attributes:
+      rate: drop probability in [0, 1].
+      deterministic: identity when True (eval); may instead be passed to `__call__`.
+      rng_collection: rng collection of the mask ("dropout", as for `nn.Dropout`).
+    """
+
+    rate: float
+    deterministic: bool | None = None
+    rng_collection: str = "dropout"
+
+    @nn.compact
+    def __call__(self, x: jnp.ndarray, deterministic: bool | None = None) -> jnp.ndarray:
+        """`(N, *spatial, C) -> (N, *spatial, C)`."""
+        deterministic = nn.merge_param("deterministic", self.deterministic, deterministic)
+        _check_rate(self.rate)
+        if deterministic or self.rate == 0.0:
+            return x
+        return channel_dropout(self.make_rng(self.rng_collection), x, self.rate)
+
+
+# PyTorch's name for the same layer.
+Dropout2d = ChannelDropout
+
 
 DROPOUT_KINDS = ("bernoulli", "channel", "gaussian", "uniform")
 
