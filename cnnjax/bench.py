@@ -5,9 +5,9 @@
 
 JAX: the repository's jitted `train_step` (state donated, SGD with momentum 0.9, float32 images)
 and a jitted eval-mode forward pass. PyTorch (`--compare torch`, needs the `ref` extra): the twin
-from `cnnjax.torch_reference` with the same layers and parameter count, channels-last, SGD with
-momentum 0.9, `torch.inference_mode` for evaluation, as many threads as JAX has cores. Each is
-warmed up (compilation, oneDNN kernel generation, allocator), then timed over `--windows`
+from `cnnjax.testing.torch_reference` with the same layers and parameter count, channels-last,
+SGD with momentum 0.9, `torch.inference_mode` for evaluation, as many threads as JAX has cores.
+Each is warmed up (compilation, oneDNN kernel generation, allocator), then timed over `--windows`
 windows of `--steps` steps; images/second is the median window's. The windows of the four
 measurements (JAX train, PyTorch train, JAX eval, PyTorch eval) alternate, so that a change in
 the machine's load during the run affects both sides of each ratio alike. Also reported: the
@@ -130,7 +130,7 @@ def prepare_torch(name, input_shape, batch, num_classes, threads) -> tuple[dict,
     """(facts, {"train": step, "eval": forward}) of the PyTorch twin, warmed up."""
     import torch
 
-    from cnnjax.torch_reference import create_torch_model
+    from cnnjax.testing.torch_reference import create_torch_model
 
     torch.set_num_threads(threads)
     torch.manual_seed(0)

@@ -14,10 +14,11 @@ from __future__ import annotations
 
 import re
 
-from cnnjax.analysis import ablation_plots
+import numpy as np
+
 from cnnjax.analysis import shift_invariance as si
 from cnnjax.errors import ConfigError
-from cnnjax.train.ablation import (
+from experiments.ablation import (
     Arm,
     differences_table,
     markdown_table,
@@ -27,6 +28,7 @@ from cnnjax.train.ablation import (
     write_results,
 )
 from experiments.common import launch, machine, take
+from experiments.plots import pyplot, runs_of, save_figures
 
 NETS = ("resnet20", "vgg")
 _ARM = re.compile(r"^(resnet20|vgg)-blur([1-7])(-noaug)?$")
@@ -93,6 +95,74 @@ def add_curve_scalars(records) -> None:
             record[f"worst_accuracy_{mode}"] = min(record[f"curve_{mode}"]["accuracy"])
 
 
+def _net_and_color(arm: str):
+    """'<net>-blur<M>[-noaug]' -> (net, colour of filter size M): one colour per filter size."""
+    net, _, rest = arm.partition("-")
+    digits = "".join(ch for ch in rest.split("-")[0] if ch.isdigit())
+    return net, f"C{(int(digits) - 1) % 10}" if digits else None
+
+
+def _nets(rows) -> list[str]:
+    return list(dict.fromkeys(_net_and_color(row["arm"])[0] for row in rows))
+
+
+def diagonal_shift_figure(rows, records):
+    """Accuracy and agreement with the unshifted prediction along diagonal shifts.
+
+    One column per network and shift mode (crop, circular); one colour per blur filter size;
+    dashed lines for arms trained without augmentation. Mean over seeds.
+    """
+    plt = pyplot()
+    nets = _nets(rows)
+    panels = [(net, mode) for net in nets for mode in ("crop", "circular")]
+    fig, axes = plt.subplots(2, len(panels), figsize=(4.2 * len(panels), 7),
+                             constrained_layout=True, sharex=True, squeeze=False)  # fmt: skip
+    for row in rows:
+        runs = runs_of(records, row["arm"])
+        net, color = _net_and_color(row["arm"])
+        style = "--" if row["arm"].endswith("noaug") else "-"
+        for col, (panel_net, mode) in enumerate(panels):
+            if panel_net != net:
+                continue
+            shifts = runs[0][f"curve_{mode}"]["shift"]
+            for ax, key in zip(axes[:, col], ("accuracy", "agreement")):
+                values = 100 * np.mean([r[f"curve_{mode}"][key] for r in runs], axis=0)
+                ax.plot(shifts, values, style, color=color, marker="o", ms=3, label=row["arm"])
+                ax.set(title=f"{net}: {key}, {mode} shift", xlabel="diagonal shift (s, s), pixels",
+                       ylabel=f"{key} (%)")  # fmt: skip
+    for ax in axes[0]:
+        ax.legend(fontsize=7)
+    return fig
+
+
+def consistency_figure(rows, records=None):
+    """Test accuracy against shift consistency (crop and circular), mean ± std over seeds.
+
+    One colour per blur filter size and one marker per network; hollow: no augmentation.
+    """
+    del records
+    plt = pyplot()
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.5), constrained_layout=True, sharey=True)
+    nets = _nets(rows)
+    for ax, mode in zip(axes, ("crop", "circular")):
+        for row in rows:
+            net, color = _net_and_color(row["arm"])
+            marker = "os^Dv"[nets.index(net) % 5]
+            ax.errorbar(100 * row[f"consistency_{mode}"], 100 * row["test_accuracy"],
+                        xerr=100 * np.nan_to_num(row[f"consistency_{mode}_std"]),
+                        yerr=100 * np.nan_to_num(row["test_accuracy_std"]), fmt=marker,
+                        color=color, mfc="none" if row["arm"].endswith("noaug") else color,
+                        capsize=3, label=row["arm"])  # fmt: skip
+        ax.set(xlabel=f"consistency, {mode} shifts (%)", ylabel="test accuracy (%)",
+               title=f"Accuracy vs {mode}-shift consistency (mean ± std)")  # fmt: skip
+    axes[0].legend(fontsize=7)
+    return fig
+
+
+# The figures `report` writes into the workdir: file name (without .png) -> figure function.
+FIGURES = {"diagonal_shift": diagonal_shift_figure, "consistency": consistency_figure}
+
+
 def report(config, records, workdir: str) -> str:
     add_curve_scalars(records)
     rows = summarize(records, list(COLUMNS))
@@ -113,7 +183,7 @@ def report(config, records, workdir: str) -> str:
         f"{config.consistency_images} test images; diagonal shifts 0..{config.curve_max_shift} on "
         f"{config.curve_images}."
     )
-    ablation_plots.save_figures("blur_pool", rows, records, workdir)
+    save_figures(FIGURES, rows, records, workdir)
     payload = {"config": config.to_dict(), "summary": rows, "differences": differences,
                "runs": records}  # fmt: skip
     return write_results(workdir, header, [table, differences_md], payload)

@@ -18,13 +18,13 @@ import re
 import jax
 import numpy as np
 
-from cnnjax.analysis import ablation_plots
 from cnnjax.analysis import variance_shift as vs
 from cnnjax.analysis.shift_invariance import make_predict
 from cnnjax.errors import ConfigError
 from cnnjax.layers.dropout import DROPOUT_KINDS
-from cnnjax.train.ablation import Arm, markdown_table, run_ablation, summarize, write_results
+from experiments.ablation import Arm, markdown_table, run_ablation, summarize, write_results
 from experiments.common import batched, launch, machine, take
+from experiments.plots import pyplot, runs_of, save_figures
 
 POSITIONS = ("after_bn", "before_bn", "head")
 _ARM = re.compile(rf"^({'|'.join(POSITIONS)})(?:_({'|'.join(DROPOUT_KINDS)}))?_([0-9.]+)$")
@@ -119,6 +119,52 @@ COLUMNS = {
 PERCENT = ("test_accuracy", "reestimated_accuracy")
 
 
+def variance_shift_figure(rows, records, key: str = "shift_pooled_per_layer"):
+    """Running / test-time variance per BN layer, mean over seeds, one line per arm.
+
+    `key`: "shift_pooled_per_layer" (summed over channels, then divided) or the per-channel
+    ratio's "shift_median_per_layer" / "shift_per_layer" (mean).
+    """
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(8, 4.5), constrained_layout=True)
+    for row in rows:
+        runs = runs_of(records, row["arm"])
+        if key not in runs[0]:  # records written before the pooled ratio existed
+            key = "shift_per_layer"
+        curve = np.mean([r[key] for r in runs], axis=0)
+        ax.plot(range(1, len(curve) + 1), curve, marker="o", ms=3, label=row["arm"])
+    ax.axhline(1.0, color="k", lw=0.8)
+    what = {"shift_pooled_per_layer": "pooled over channels",
+            "shift_median_per_layer": "median channel"}.get(key, "mean channel")  # fmt: skip
+    ax.set(xlabel="BN layer (input to output)", ylabel="running var / test-time var",
+           title=f"Variance shift per BN layer ({what}, mean over seeds)")  # fmt: skip
+    ax.legend(fontsize=8)
+    return fig
+
+
+def reestimation_figure(rows, records=None):
+    """Test accuracy per arm as trained and after re-estimating BN with dropout off."""
+    del records
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(8, 4), constrained_layout=True)
+    x = np.arange(len(rows))
+    bars = [(-0.2, "test_accuracy", "as trained"),
+            (0.2, "reestimated_accuracy", "BN re-estimated, dropout off")]  # fmt: skip
+    for offset, key, label in bars:
+        means = [100 * r[key] for r in rows]
+        stds = [100 * np.nan_to_num(r[key + "_std"]) for r in rows]
+        ax.bar(x + offset, means, 0.4, yerr=stds, capsize=3, label=label)
+    ax.set_xticks(x, [r["arm"] for r in rows], rotation=30, ha="right", fontsize=8)
+    low = min(100 * min(r["test_accuracy"], r["reestimated_accuracy"]) for r in rows)
+    ax.set(ylabel="test accuracy (%)", ylim=(max(0.0, low - 10), None))
+    ax.legend(fontsize=8)
+    return fig
+
+
+# The figures `report` writes into the workdir: file name (without .png) -> figure function.
+FIGURES = {"variance_shift": variance_shift_figure, "accuracy": reestimation_figure}
+
+
 def report(config, records, toy, workdir: str) -> str:
     rows = summarize(records, list(COLUMNS))
     table = markdown_table(rows, COLUMNS, percent=PERCENT)
@@ -139,7 +185,7 @@ def report(config, records, toy, workdir: str) -> str:
         "and mean = of the per-channel ratios."
     )
     toy_note = "Toy: dropout -> (linear unit ->) BN, analytic prediction vs the trained BN layer."
-    ablation_plots.save_figures("bn_dropout", rows, records, workdir)
+    save_figures(FIGURES, rows, records, workdir)
     payload = {"config": config.to_dict(), "summary": rows, "runs": records, "toy": toy}
     return write_results(
         workdir, header, [table, toy_note + "\n\n" + "\n".join(toy_lines)], payload

@@ -21,7 +21,7 @@ def test_jax_side_reports_the_promised_fields():
 @pytest.mark.parametrize("name", ["resnet20", "vgg16_cifar", "densenet_bc_100"])
 def test_torch_twins_have_the_same_parameter_count(name):
     pytest.importorskip("torch")
-    from cnnjax.torch_reference import create_torch_model
+    from cnnjax.testing.torch_reference import create_torch_model
 
     twin = create_torch_model(name, 10)
     assert sum(p.numel() for p in twin.parameters()) == models.model_info(name).params

@@ -72,11 +72,12 @@ def _tuples(value):
     return tuple(_tuples(v) for v in value) if isinstance(value, list) else value
 
 
-def _fmt(value) -> str:
+def format_cell(value) -> str:
+    """One table cell: "-" for None, "AxB" for tuples, thousands separators for ints."""
     if value is None:
         return "-"
     if isinstance(value, tuple):
-        return "x".join(str(v) if isinstance(v, int) else _fmt(v) for v in value)
+        return "x".join(str(v) if isinstance(v, int) else format_cell(v) for v in value)
     if isinstance(value, str | bool):
         return str(value)
     return f"{value:,}" if isinstance(value, int) else f"{value:g}"
@@ -197,7 +198,7 @@ class LayerTable:
     def _cells(self) -> list[list[str]]:
         cells = []
         for r in self.rows:
-            row = [_fmt(getattr(r, c)) for c in self.COLUMNS]
+            row = [format_cell(getattr(r, c)) for c in self.COLUMNS]
             if r.rf_global:
                 row[self.COLUMNS.index("rf")] = "global"
             cells.append(row)
@@ -206,7 +207,7 @@ class LayerTable:
     def summary(self) -> str:
         """One line: the model, its input and the totals."""
         return (
-            f"{self.model} {_fmt(self.input_shape)}: {len(self.rows)} rows, "
+            f"{self.model} {format_cell(self.input_shape)}: {len(self.rows)} rows, "
             f"{self.params:,} params, {self.macs:,} MACs, {self.flops:,} FLOPs "
             f"({self.other_flops:,} outside rows), {self.activation_bytes:,} activation bytes"
         )

@@ -15,45 +15,23 @@ Araujo et al. is `(size - 1) / 2 - start`. Input dilation `u` (transposed convs)
 
 `receptive_field(layers)` applies the formula to a single-path stack given by hand;
 `trace_receptive_fields(fn, x)` follows it through the program of any function, branches,
-residual adds and global pooling included (the rules are in `rf_rules`). A merge of branches has
-the union of their RFs, which is the largest one, with its alignment, when that one contains the
-others (as in every registry model); an op that mixes all positions (global pooling, flattening
-into a dense layer) makes the RF global.
+residual adds and global pooling included (the rules, and the RF types they carry, are in
+`rf_rules`). A merge of branches has the union of their RFs, which is the largest one, with its
+alignment, when that one contains the others (as in every registry model); an op that mixes all
+positions (global pooling, flattening into a dense layer) makes the RF global.
 """
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
 import jax
 
+from cnnjax.analysis.rf_rules import Axis, ReceptiveField, TensorRF, propagate
 from cnnjax.errors import ConfigError
 from cnnjax.layers.backend import conv_impl
 from cnnjax.layers.shapes import resolve_padding
-
-
-@dataclasses.dataclass(frozen=True)
-class ReceptiveField:
-    """RF along one axis: `size` input pixels centred at `start + i * jump` for feature `i`."""
-
-    size: float = 1
-    jump: float = 1
-    start: float = 0.0
-
-    def then(self, kernel=1, stride=1, dilation=1, padding=0, upsample=1) -> ReceptiveField:
-        """The RF after a window op; `padding` is the amount before, `upsample` input dilation."""
-        jump = self.jump / upsample
-        grow = (kernel - 1) * dilation
-        return ReceptiveField(
-            self.size + grow * abs(jump), jump * stride, self.start + (grow / 2 - padding) * jump
-        )
-
-    @property
-    def padding(self) -> float:
-        """Araujo et al.'s effective padding: `(size - 1) / 2 - start`."""
-        return (self.size - 1) / 2 - self.start
 
 
 class Layer(NamedTuple):
@@ -105,30 +83,6 @@ def receptive_field(layers: Sequence, start: ReceptiveField | None = None) -> Re
     return rfs[-1] if rfs else start or ReceptiveField()
 
 
-class Axis(NamedTuple):
-    """The RF of input axis `src` (0: H, 1: W), held by tensor axis `pos` (None: squeezed away)."""
-
-    src: int
-    pos: int | None
-    rf: ReceptiveField
-
-
-@dataclasses.dataclass(frozen=True)
-class TensorRF:
-    """RF of one tensor: one `Axis` per input spatial axis, or global (depends on everything)."""
-
-    axes: tuple[Axis, ...] = ()
-    is_global: bool = False
-
-    def per_axis(self, n: int) -> list[ReceptiveField | None]:
-        """The RF of input axes `0 .. n-1` (None for an axis the tensor does not resolve)."""
-        found = {a.src: a.rf for a in self.axes}
-        return [found.get(i) for i in range(n)]
-
-
-GLOBAL = TensorRF(is_global=True)
-
-
 def input_rf(ndim: int, spatial: Sequence[int] | None = None) -> TensorRF:
     """The RF of a model input of rank `ndim`: spatial axes `1 .. ndim-2` unless given."""
     spatial = range(1, ndim - 1) if spatial is None else spatial
@@ -147,8 +101,6 @@ def trace_receptive_fields(fn: Callable, *args, argnum: int = 0, spatial=None):
     Returns:
       The output pytree with a `TensorRF` (or None, for outputs independent of the input) per leaf.
     """
-    from cnnjax.analysis.rf_rules import propagate  # the rules import this module's types
-
     with conv_impl("xla", force=True):  # conv_general_dilated equations, not FFI calls
         closed, shapes = jax.make_jaxpr(fn, return_shape=True)(*args)
     leaves = [jax.tree.leaves(a) for a in args]

@@ -1,5 +1,9 @@
 """Receptive-field rules per jaxpr primitive, and `propagate`, which walks a program with them.
 
+The RF values live here too, below `receptive_field` (which computes with them by hand and calls
+`propagate`): `ReceptiveField` along one axis, whose `then` is the window formula of that module's
+docstring, and `TensorRF`, one `Axis` per input spatial axis of a tensor, or `GLOBAL`.
+
 `propagate` carries one `TensorRF` per jaxpr variable (None for values computed from parameters
 alone), recursing into `pjit`, `custom_vjp_call` (the explicit-backprop convs), `custom_jvp_call`
 (activations), `remat`, `cond` (the costliest branch, as `costs.py` counts it) and `scan` (the
@@ -28,14 +32,60 @@ trip count is unknown). Rules:
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 from jax.extend import core as jcore
 
 from cnnjax.analysis.costs import jaxpr_macs
-from cnnjax.analysis.receptive_field import GLOBAL, Axis, ReceptiveField, TensorRF
+
+
+@dataclasses.dataclass(frozen=True)
+class ReceptiveField:
+    """RF along one axis: `size` input pixels centred at `start + i * jump` for feature `i`."""
+
+    size: float = 1
+    jump: float = 1
+    start: float = 0.0
+
+    def then(self, kernel=1, stride=1, dilation=1, padding=0, upsample=1) -> ReceptiveField:
+        """The RF after a window op; `padding` is the amount before, `upsample` input dilation."""
+        jump = self.jump / upsample
+        grow = (kernel - 1) * dilation
+        return ReceptiveField(
+            self.size + grow * abs(jump), jump * stride, self.start + (grow / 2 - padding) * jump
+        )
+
+    @property
+    def padding(self) -> float:
+        """Araujo et al.'s effective padding: `(size - 1) / 2 - start`."""
+        return (self.size - 1) / 2 - self.start
+
+
+class Axis(NamedTuple):
+    """The RF of input axis `src` (0: H, 1: W), held by tensor axis `pos` (None: squeezed away)."""
+
+    src: int
+    pos: int | None
+    rf: ReceptiveField
+
+
+@dataclasses.dataclass(frozen=True)
+class TensorRF:
+    """RF of one tensor: one `Axis` per input spatial axis, or global (depends on everything)."""
+
+    axes: tuple[Axis, ...] = ()
+    is_global: bool = False
+
+    def per_axis(self, n: int) -> list[ReceptiveField | None]:
+        """The RF of input axes `0 .. n-1` (None for an axis the tensor does not resolve)."""
+        found = {a.src: a.rf for a in self.axes}
+        return [found.get(i) for i in range(n)]
+
+
+GLOBAL = TensorRF(is_global=True)
 
 
 def _merge(states) -> TensorRF | None:

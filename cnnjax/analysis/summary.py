@@ -28,7 +28,14 @@ import flax.linen as nn
 import numpy as np
 
 from cnnjax.analysis.devices import DeviceProfile, get_device, measure_device
-from cnnjax.analysis.layer_table import LayerRow, LayerTable, _fmt, elide, html_table, text_table
+from cnnjax.analysis.layer_table import (
+    LayerRow,
+    LayerTable,
+    elide,
+    format_cell,
+    html_table,
+    text_table,
+)
 from cnnjax.analysis.memory import TrainingMemory, training_memory
 from cnnjax.analysis.roofline import LayerEstimate, RooflineReport, estimate_layers
 from cnnjax.analysis.trace import trace_model
@@ -204,7 +211,7 @@ class ModelSummary:
                       r.stride, r.dilation, r.groups, r.params, r.macs, r.flops,
                       r.activation_bytes, "global" if r.rf_global else r.rf, r.jump, r.start,
                       f"{e.intensity:.1f}", f"{e.time_s * 1e6:.2f}", e.bound]  # fmt: skip
-            cells.append([v if isinstance(v, str) else _fmt(v) for v in values])
+            cells.append([v if isinstance(v, str) else format_cell(v) for v in values])
         return cells
 
     def report(self) -> list[str]:

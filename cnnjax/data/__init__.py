@@ -1,7 +1,8 @@
 """Input data: sources (TFDS, digits, synthetic), grain pipelines and JAX augmentation."""
 
+from cnnjax.data.array_source import ArraySource
 from cnnjax.data.pipeline import eval_batches, fit_images, fit_source, train_batches
-from cnnjax.data.sources import DATASETS, ArraySource, dataset_spec, load_source, read_all
+from cnnjax.data.sources import DATASETS, dataset_spec, load_source, read_all
 
 __all__ = [
     "DATASETS",

@@ -16,7 +16,7 @@ from collections.abc import Iterator
 import grain
 import numpy as np
 
-from cnnjax.data.sources import ArraySource
+from cnnjax.data.array_source import ArraySource
 from cnnjax.errors import ConfigError, ShapeError
 
 Batch = dict[str, np.ndarray]

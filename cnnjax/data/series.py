@@ -23,9 +23,8 @@ step any train example touches and the first step any test example touches.
 from __future__ import annotations
 
 import numpy as np
-from scipy import signal, stats
 
-from cnnjax.data.sources import DATASETS, ArraySource
+from cnnjax.data.array_source import ArraySource
 from cnnjax.errors import ConfigError, unknown_choice
 
 __all__ = [
@@ -69,9 +68,10 @@ WARMUP = 250  # first steps never used: the EWMA forgets its initial value (0.94
 TEST_FRACTION = 0.16
 SPLITS = ("train", "test")
 
-# Per-channel mean and std of the train features (seed 0, window 64, horizon 1, NUM_STEPS), kept
-# once in the dataset spec that normalizes them; tests/data/test_series.py re-measures them.
-SERIES_STATS = dict(mean=DATASETS["price_updown"].mean, std=DATASETS["price_updown"].std)
+# Per-channel mean and std of the train features (seed 0, window 64, horizon 1, NUM_STEPS), the
+# statistics of the "price_updown" dataset spec that normalizes them (`sources.DATASETS` reads
+# them from here); tests/data/test_series.py re-measures them.
+SERIES_STATS = dict(mean=(-0.0003, 0.1455), std=(1.0437, 0.3745))
 
 
 def simulate_prices(num_steps: int, seed: int) -> dict[str, np.ndarray]:
@@ -117,6 +117,10 @@ def simulate_prices(num_steps: int, seed: int) -> dict[str, np.ndarray]:
 
 def window_features(returns: np.ndarray) -> np.ndarray:
     """Per-step features `(T, 2)` float64 of `CHANNELS`; row `t` uses `returns[: t + 1]` only."""
+    # scipy loads here, not at module top: every `cnnjax.data` import loads this module (the
+    # dataset table reads its statistics), and most runs never touch the series.
+    from scipy import signal
+
     r2 = np.square(returns)
     # v_t = lambda v_{t-1} + (1 - lambda) r_t^2, started from the long-run variance.
     init = signal.lfilter_zi([1.0 - EWMA_LAMBDA], [1.0, -EWMA_LAMBDA]) * LONG_RUN_VOL**2
@@ -195,6 +199,8 @@ def load_price_updown(
 def _hmm_filter_up(returns: np.ndarray, vol: np.ndarray) -> np.ndarray:
     """P(regime up) - P(regime down) at each step given returns up to it: the exact forward
     filter of the generator, which knows every parameter and the GARCH volatility."""
+    from scipy import stats  # see window_features
+
     scale = np.sqrt((T_DOF - 2.0) / T_DOF)
     z = (returns / vol)[:, None] - KAPPA * np.asarray(REGIME_DRIFT)[None, :]
     lik = stats.t.pdf(z / scale, T_DOF).tolist()

@@ -19,6 +19,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from cnnjax.data.array_source import ArraySource
+from cnnjax.data.series import SERIES_STATS, load_price_updown
 from cnnjax.errors import ConfigError, DataError, unknown_choice
 
 
@@ -76,8 +78,7 @@ DATASETS: dict[str, DatasetSpec] = {
             "series",
             (64, 2),
             2,
-            mean=(-0.0003, 0.1455),  # of the train features; tests/data/test_series.py re-measures
-            std=(1.0437, 0.3745),
+            **SERIES_STATS,
             note="synthetic price-like series (cnnjax.data.series), not market data",
         ),
         DatasetSpec("cifar10", "tfds", (32, 32, 3), 10, tfds_name="cifar10:3.0.2", **_CIFAR_STATS),
@@ -100,25 +101,6 @@ def dataset_spec(name: str) -> DatasetSpec:
     if name not in DATASETS:
         raise ConfigError(unknown_choice("dataset", name, DATASETS))
     return DATASETS[name]
-
-
-class ArraySource:
-    """In-memory random-access source over `images (N, H, W, C) uint8` and `labels (N,)`."""
-
-    def __init__(self, images: np.ndarray, labels: np.ndarray):
-        if len(images) != len(labels):
-            raise ValueError(f"{len(images)} images but {len(labels)} labels")
-        self.images = images
-        self.labels = labels.astype(np.int32)
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def __getitem__(self, index: int) -> dict[str, np.ndarray]:
-        return {"image": self.images[index], "label": self.labels[index]}
-
-    def __repr__(self) -> str:
-        return f"ArraySource(images={self.images.shape}, labels={self.labels.shape})"
 
 
 def resolve_data_dir(data_dir: str | None) -> str:
@@ -153,8 +135,6 @@ def load_source(name: str, split: str, data_dir: str | None = None, seed: int = 
     if spec.kind == "synthetic":
         return synthetic(split, spec.image_shape, spec.num_classes, seed)
     if spec.kind == "series":
-        from cnnjax.data.series import load_price_updown  # series.py imports this module
-
         return load_price_updown(split)  # one fixed path: every training seed sees the same data
     return _tfds_source(spec, split, resolve_data_dir(data_dir))
 

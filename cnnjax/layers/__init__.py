@@ -27,7 +27,7 @@ from cnnjax.layers.dropout import (
 )
 from cnnjax.layers.fusion import conv_bn_act, fold_batchnorm
 from cnnjax.layers.norm import BatchNorm, LayerNorm, LocalResponseNorm, TorchBatchNorm
-from cnnjax.layers.padding import PAD_MODES, pad, render_padding_demo
+from cnnjax.layers.padding import PAD_MODES, pad
 from cnnjax.layers.pooling import (
     AdaptiveAvgPool2d,
     AdaptiveMaxPool2d,
@@ -105,6 +105,5 @@ __all__ = [
     "pad",
     "parse_order",
     "pool_output_size",
-    "render_padding_demo",
     "resolve_padding",
 ]

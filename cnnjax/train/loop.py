@@ -168,10 +168,11 @@ def train(
         with open(os.path.join(workdir, "config.json"), "w") as f:
             json.dump(resolved, f, indent=2)
         writer = MetricWriter(workdir, resume_step=start_step)
-        _say(f"{config.model}: {_count(state.params):,} parameters; {len(train_source):,} training "
-             f"examples of {config.dataset}; {num_steps} steps of {config.batch_size}")  # fmt: skip
+        print_progress(f"{config.model}: {_count(state.params):,} parameters; "
+                       f"{len(train_source):,} training examples of {config.dataset}; "
+                       f"{num_steps} steps of {config.batch_size}")  # fmt: skip
         if start_step:
-            _say(f"resumed from step {start_step} ({checkpoints.latest_dir})")
+            print_progress(f"resumed from step {start_step} ({checkpoints.latest_dir})")
 
         batches = train_batches(train_source, config.batch_size, config.seed, start_step,
                                 config.data.num_workers, config.data.prefetch)  # fmt: skip
@@ -190,12 +191,12 @@ def train(
                 writer.write(step, "train", summary)
                 bar.set_postfix(loss=f"{summary['loss']:.4f}", acc=f"{summary['accuracy']:.3f}",
                                 img_s=f"{summary['images_per_sec']:.0f}")  # fmt: skip
-                _say(f"step {step}/{num_steps} train " + _fmt(summary))
+                print_progress(f"step {step}/{num_steps} train " + _fmt(summary))
             if _is_due(step, config.eval_every, num_steps):
                 interval.flush(last_good, checkpoints.latest_dir)
                 result = evaluate(eval_step, state, eval_source, config.eval_batch_size)
                 writer.write(step, "eval", result)
-                _say(f"step {step}/{num_steps} eval " + _fmt(result))
+                print_progress(f"step {step}/{num_steps} eval " + _fmt(result))
                 checkpoints.save_if_best(step, state, result)
                 interval.start = time.perf_counter()  # evaluation is not training time
             if _is_due(step, config.checkpoint_every, num_steps):
@@ -212,7 +213,7 @@ def train(
         checkpoints.close()
     result["step"] = num_steps
     note = f" [{spec.note}]" if spec.note else ""
-    _say(
+    print_progress(
         f"final {config.data.eval_split} accuracy of {config.model} on {config.dataset}: "
         f"{result['accuracy']:.4f} ({result['correct']}/{result['count']}) after {num_steps} "
         f"steps{note}"
@@ -238,6 +239,6 @@ def _fmt(values) -> str:
     )
 
 
-def _say(message: str) -> None:
+def print_progress(message: str) -> None:
     """Prints a progress line without breaking an active progress bar."""
     tqdm.write(message)

@@ -14,6 +14,7 @@ import jax
 import optax
 
 from cnnjax.errors import ConfigError, unknown_choice
+from cnnjax.models import capsnet
 
 
 def cross_entropy(logits, labels, label_smoothing: float = 0.0):
@@ -35,8 +36,6 @@ def _capsule(lengths, intermediates, labels, inputs, label_smoothing):
     `data.normalize` off: the decoder's sigmoid output lives in [0, 1] like the pixels.
     """
     del label_smoothing
-    from cnnjax.models import capsnet
-
     loss = capsnet.margin_loss(lengths, labels)
     if "reconstruction" in intermediates:
         target = inputs.reshape(intermediates["reconstruction"].shape)

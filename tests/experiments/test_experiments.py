@@ -7,7 +7,11 @@ import pathlib
 import pytest
 
 from cnnjax.errors import ConfigError
-from cnnjax.train.ablation import (
+from cnnjax.train.config import base_config
+from configs.experiments import blur_pool as blur_config
+from configs.experiments import bn_dropout as bn_config
+from experiments import blur_pool, bn_dropout
+from experiments.ablation import (
     Arm,
     apply_overrides,
     differences_table,
@@ -15,10 +19,6 @@ from cnnjax.train.ablation import (
     paired_differences,
     summarize,
 )
-from cnnjax.train.config import base_config
-from configs.experiments import blur_pool as blur_config
-from configs.experiments import bn_dropout as bn_config
-from experiments import blur_pool, bn_dropout
 
 
 def test_paired_differences_pair_runs_by_seed_and_give_a_t_interval():

@@ -1,6 +1,4 @@
-"""`pad` against numpy and PyTorch, and the padding demo figure."""
-
-import os
+"""`pad` against numpy and PyTorch."""
 
 import hypothesis.strategies as st
 import numpy as np
@@ -8,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 
 from cnnjax.errors import ConfigError, ShapeError
-from cnnjax.layers.padding import PAD_MODES, pad, render_padding_demo
+from cnnjax.layers.padding import PAD_MODES, pad
 
 NUMPY_MODES = {"zeros": "constant", "constant": "constant", "reflect": "reflect",
                "replicate": "edge", "circular": "wrap"}  # fmt: skip
@@ -69,10 +67,3 @@ def test_pad_matches_torch():
         expected = torch.nn.functional.pad(torch_x, (1, 2, 2, 1), mode=torch_mode)
         got = pad(x, ((2, 1), (1, 2)), mode)
         np.testing.assert_array_equal(got, np.moveaxis(expected.numpy(), 1, -1))
-
-
-def test_padding_demo_writes_a_png(tmp_path):
-    path = render_padding_demo(str(tmp_path / "padding.png"))
-    with open(path, "rb") as f:
-        assert f.read(8) == b"\x89PNG\r\n\x1a\n"
-    assert os.path.getsize(path) > 5000

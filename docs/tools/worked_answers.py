@@ -5,9 +5,9 @@ Every number in the "cnnjax" column comes from tracing a real Flax module: outpu
 program, memory from the training step's saved residuals, times from the roofline. Nothing is
 typed in except the literature column.
 
-  python -m cnnjax.analysis.course > docs/worked_answers.md
+  python -m docs.tools.worked_answers > docs/worked_answers.md
 
-`tests/analysis/test_course.py` regenerates the page and compares it with the checked-in copy,
+`tests/docs/test_worked_answers.py` regenerates the page and compares it with the checked-in copy,
 and checks each answer against its literature figure.
 """
 
@@ -32,6 +32,7 @@ from cnnjax.layers import (
     max_pool2d,
 )
 from cnnjax.models.googlenet import InceptionModule
+from docs.tools import worked_answers_text
 
 
 @dataclasses.dataclass(frozen=True)
@@ -307,12 +308,10 @@ SECTIONS = [
 
 def render() -> str:
     """The whole worked-answers page as Markdown."""
-    from cnnjax.analysis import course_text
-
-    out = [course_text.HEADER]
+    out = [worked_answers_text.HEADER]
     for title, fn in SECTIONS:
-        out += [f"## {title}", "", course_text.INTROS[title], "", *_answer_table(fn()), ""]
-    out += course_text.nin_section(nin_costs())
+        out += [f"## {title}", "", worked_answers_text.INTROS[title], "", *_answer_table(fn()), ""]
+    out += worked_answers_text.nin_section(nin_costs())
     return "\n".join(out).rstrip() + "\n"
 
 

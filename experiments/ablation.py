@@ -21,7 +21,7 @@ import ml_collections
 import numpy as np
 
 from cnnjax.errors import ConfigError
-from cnnjax.train.loop import TrainedRun, _say, train
+from cnnjax.train.loop import TrainedRun, print_progress, train
 
 
 @dataclasses.dataclass(frozen=True)
@@ -99,7 +99,7 @@ def run_ablation(
                 with open(result_path) as f:
                     records.append(json.load(f))
                 continue
-            _say(f"== {arm.name} seed {seed} ({run_dir})")
+            print_progress(f"== {arm.name} seed {seed} ({run_dir})")
             config = apply_overrides(base, {**arm.overrides, "seed": seed})
             start = time.perf_counter()
             run = train(config, run_dir)

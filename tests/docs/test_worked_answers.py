@@ -2,11 +2,13 @@
 
 import pytest
 
-from cnnjax.analysis import course
+from docs.tools import worked_answers
 from tests.conftest import ROOT
 
 
-@pytest.mark.parametrize("title, fn", course.SECTIONS, ids=[t for t, _ in course.SECTIONS])
+@pytest.mark.parametrize(
+    "title, fn", worked_answers.SECTIONS, ids=[t for t, _ in worked_answers.SECTIONS]
+)
 def test_answers_agree_with_the_literature(title, fn):
     answers = fn()
     assert answers
@@ -20,14 +22,14 @@ def test_answers_agree_with_the_literature(title, fn):
 
 
 def test_answer_agreement_can_fail():
-    assert course.Answer("x", 10, 10, "").agrees is True
-    assert course.Answer("x", 10.01, 10, "").agrees is False
-    assert course.Answer("x", 10.04, 10, "", rel_tol=5e-3).agrees is True
-    assert course.Answer("x", 10, None, "").agrees is None
+    assert worked_answers.Answer("x", 10, 10, "").agrees is True
+    assert worked_answers.Answer("x", 10.01, 10, "").agrees is False
+    assert worked_answers.Answer("x", 10.04, 10, "", rel_tol=5e-3).agrees is True
+    assert worked_answers.Answer("x", 10, None, "").agrees is None
 
 
 def test_nin_analysis_finds_the_compute_bottleneck_and_memory_bound_1x1_convs():
-    d = course.nin_costs()
+    d = worked_answers.nin_costs()
     assert d["top"].name == "block2/conv"
     memory_bound = {r.name for r, e in d["convs"] if e.bound == "memory"}
     assert memory_bound == {"block1/cccp1", "block1/cccp2", "block2/cccp1", "block2/cccp2"}
@@ -37,6 +39,7 @@ def test_nin_analysis_finds_the_compute_bottleneck_and_memory_bound_1x1_convs():
 
 def test_checked_in_page_is_current():
     page = (ROOT / "docs" / "worked_answers.md").read_text()
-    assert page == course.render(), (
-        "docs/worked_answers.md is stale: python -m cnnjax.analysis.course > docs/worked_answers.md"
+    assert page == worked_answers.render(), (
+        "docs/worked_answers.md is stale: "
+        "python -m docs.tools.worked_answers > docs/worked_answers.md"
     )

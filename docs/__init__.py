@@ -1,0 +1,1 @@
+"""Documentation pages and the programs that generate them (`docs.tools`)."""
