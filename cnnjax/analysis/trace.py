@@ -6,7 +6,8 @@ and returns a `LayerTable` (`layer_table.py`) with one row per convolution, dens
 `dot_general`), window pool (`reduce_window*` over space) and global pool (a reduction over
 space), plus one row per normalization module and per module that owns parameters but runs none
 of those ops (ConvNeXt's layer scale). Receptive fields come from `rf_rules.propagate`, MACs from
-the counting rules of `costs.py`, so the table's totals equal `ModelInfo.params` and `.macs`.
+the counting rules of `models/counting.py`, so the table's totals equal `ModelInfo.params` and
+`.macs`.
 
 Attribution. Every module method call is wrapped by an `nn.intercept_methods` interceptor in
 `jax.named_scope("@flax:<k>")`, `k` indexing a record of the call (module path
@@ -22,8 +23,8 @@ twice (shared weights) gives rows `path` and `path#2`; ops a module runs as plai
 (`max_pool_0` at the top level); a reshape-based adaptive pool is not a row (its bins of one
 pixel, as in VGG at 224x224, are no pooling at all; the RF still accounts for real bins).
 
-Conventions. MACs as in `costs.py` (padded taps count). FLOPs: `2 x MACs` for conv and dense
-rows; one per window element per output for window pools; one per input element for global
+Conventions. MACs as in `models/counting.py` (padded taps count). FLOPs: `2 x MACs` for conv and
+dense rows; one per window element per output for window pools; one per input element for global
 pools; for a normalization row, one per output element of each of its arithmetic ops on
 activations (parameter-only arithmetic such as BN's `scale * rsqrt(var + eps)` is not counted,
 nor is data movement). The same count over all other ops on activations (bias adds, activations,
@@ -42,12 +43,12 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from cnnjax.analysis.costs import _conv_macs, _dot_macs, count_params
 from cnnjax.analysis.layer_table import LayerRow, LayerTable, TensorInfo
 from cnnjax.analysis.receptive_field import describe, input_rf
 from cnnjax.analysis.rf_rules import propagate
 from cnnjax.errors import ConfigError, ShapeError
 from cnnjax.layers.backend import conv_impl
+from cnnjax.models.counting import conv_macs, count_params, dot_macs
 
 __all__ = ["LayerRow", "LayerTable", "TensorInfo", "trace_model"]
 
@@ -144,7 +145,7 @@ class _Recorder:
         shape = tuple(eqn.invars[0].aval.shape) if eqn.invars else ()
         if name == "conv_general_dilated":
             rhs, dn = eqn.invars[1].aval.shape, p["dimension_numbers"]
-            macs = _conv_macs(eqn)
+            macs = conv_macs(eqn)
             return dict(
                 op="conv_transpose" if max(p["lhs_dilation"]) > 1 else "conv", input_shape=shape,
                 kernel=_one(rhs[a] for a in dn.rhs_spec[2:]), stride=_one(p["window_strides"]),
@@ -153,7 +154,7 @@ class _Recorder:
             )  # fmt: skip
         if name == "dot_general":
             data = [v for v, s in zip(eqn.invars, ins) if s is not None]  # activations
-            macs = _dot_macs(eqn)
+            macs = dot_macs(eqn)
             return dict(op="dense" if len(data) == 1 else "matmul", macs=macs, flops=2 * macs,
                         input_shape=tuple((data or eqn.invars)[0].aval.shape))  # fmt: skip
         state = ins[0] if ins else None

@@ -50,8 +50,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from cnnjax import models
-from cnnjax.analysis.costs import _dot_macs, _sub_jaxprs, jaxpr_macs
 from cnnjax.layers.backend import conv_impl
+from cnnjax.models.counting import dot_macs, jaxpr_macs, sub_jaxprs
 
 
 def _in_bounds_taps(
@@ -94,9 +94,9 @@ def unpadded_macs(jaxpr) -> int:
         if eqn.primitive.name == "conv_general_dilated":
             total += _unpadded_conv(eqn)
         elif eqn.primitive.name == "dot_general":
-            total += _dot_macs(eqn)
+            total += dot_macs(eqn)
         else:
-            total += sum(unpadded_macs(inner) * n for inner, n in _sub_jaxprs(eqn))
+            total += sum(unpadded_macs(inner) * n for inner, n in sub_jaxprs(eqn))
     return total
 
 

@@ -39,7 +39,7 @@ import jax.numpy as jnp
 from cnnjax.errors import ConfigError, unknown_choice
 from cnnjax.layers import Conv2d, LocalResponseNorm, max_pool2d
 from cnnjax.layers.pooling import adaptive_avg_pool2d
-from cnnjax.models.convert import TorchReader, register_converter
+from cnnjax.models.convert import TorchReader
 from cnnjax.models.registry import module_fields, register
 
 ModuleDef = Any
@@ -196,21 +196,18 @@ def _convert_alexnet(reader: TorchReader) -> dict:
     return {"params": params}
 
 
-register_converter(["alexnet"], _convert_alexnet)
-
 register(
     "alexnet",
     AlexNet,
     input_shape=(224, 224, 3),
-    num_classes=1000,
     paper="Krizhevsky et al. 2012 (torchvision layout, Krizhevsky 2014)",
     description="AlexNet as in torchvision: 64-192-384-256-256 convs, no LRN",
+    converter=_convert_alexnet,
 )
 register(
     "alexnet_lrn",
     functools.partial(AlexNet, variant="krizhevsky2012", norm=PAPER_LRN),
     input_shape=(227, 227, 3),
-    num_classes=1000,
     paper="Krizhevsky et al. 2012",
     description="AlexNet of the 2012 paper, single-GPU form (groups=2 for the 2-GPU split): "
     "96-256-384-384-256 convs, LRN after conv1 and conv2",
@@ -224,7 +221,6 @@ register(
         pool=functools.partial(max_pool2d, window=3, strides=2, ceil_mode=True),
     ),
     input_shape=(224, 224, 3),
-    num_classes=1000,
     paper="Zeiler & Fergus 2013",
     description="ZFNet: 7x7/2 conv1, 5x5/2 conv2, dense connections, pool-then-LRN",
 )

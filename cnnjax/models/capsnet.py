@@ -312,7 +312,6 @@ register(
     "capsnet",
     functools.partial(CapsNet),
     input_shape=(28, 28, 1),
-    num_classes=10,
     paper="Sabour et al. 2017 (MNIST test error 0.25% with 3 routing iterations + reconstruction)",
     description="CapsNet: Conv1, 1152 primary capsules, 3 routing iterations, decoder",
     loss="capsule",

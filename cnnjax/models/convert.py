@@ -1,35 +1,26 @@
 """Map torchvision state dicts onto cnnjax variables: `from_torch(name, state_dict)`.
 
 Used by the parity tests (PyTorch is a test-time reference only; nothing here imports torch:
-tensors are read through `numpy()`/`np.asarray`). Each model family registers a converter that
-builds the `{"params": ..., "batch_stats": ...}` tree from a `TorchReader`, which hands out
-tensors by key in the layouts Flax expects and checks at the end that every tensor was used.
+tensors are read through `numpy()`/`np.asarray`). A model's `register(...)` entry names its
+converter (`ModelInfo.converter`), which builds the `{"params": ..., "batch_stats": ...}` tree
+from a `TorchReader`; the reader hands out tensors by key in the layouts Flax expects and checks
+at the end that every tensor was used.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 
 from cnnjax.errors import CheckpointError, ConfigError, unknown_choice
-
-Converter = Callable[["TorchReader"], dict]
-_CONVERTERS: dict[str, Converter] = {}
-
-
-def register_converter(names: Iterable[str], converter: Converter) -> None:
-    """Registers `converter(reader) -> variables` for the given model names."""
-    for name in names:
-        if name in _CONVERTERS:
-            raise ValueError(f"a converter for {name!r} is already registered")
-        _CONVERTERS[name] = converter
+from cnnjax.models.registry import list_models, model_info
 
 
 def convertible_models() -> list[str]:
-    """Names of the models with a torchvision converter."""
-    return sorted(_CONVERTERS)
+    """Names of the models with a torchvision converter (`ModelInfo.converter`)."""
+    return [name for name in list_models() if model_info(name).converter is not None]
 
 
 def _to_numpy(tensor: Any) -> np.ndarray:
@@ -108,17 +99,18 @@ def from_torch(name: str, state_dict: Mapping[str, Any]) -> dict:
     """Variables of cnnjax model `name` holding the weights of a torchvision state dict.
 
     Raises:
-      ConfigError: no converter for `name`.
+      ConfigError: `name` is not a registered model with a converter.
       CheckpointError: a missing or unused tensor (the architectures do not correspond).
     """
-    from cnnjax import models  # noqa: F401  (registers the converters)
-
-    if name not in _CONVERTERS:
-        raise ConfigError(unknown_choice("model with a torchvision converter", name, _CONVERTERS))
+    # Importing this module ran `cnnjax/models/__init__.py` first, so every family is registered.
+    convertible = convertible_models()
+    if name not in convertible:
+        raise ConfigError(unknown_choice("model with a torchvision converter", name, convertible))
+    info = model_info(name)
     reader = TorchReader(state_dict)
-    variables = _CONVERTERS[name](reader)
+    variables = info.converter(reader)
     reader.check_all_used()
-    _check_shapes(name, variables, models.model_info(name).abstract_variables())
+    _check_shapes(name, variables, info.abstract_variables())
     return variables
 
 

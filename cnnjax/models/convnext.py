@@ -26,7 +26,7 @@ import jax.numpy as jnp
 from cnnjax.errors import ConfigError, unknown_choice
 from cnnjax.layers import Conv2d, DepthwiseConv2d, LayerNorm, global_avg_pool
 from cnnjax.layers.activations import gelu
-from cnnjax.models.convert import TorchReader, register_converter
+from cnnjax.models.convert import TorchReader
 from cnnjax.models.registry import module_fields, register
 
 ModuleDef = Any
@@ -183,21 +183,6 @@ class ConvNeXt(nn.Module):
         return logits, intermediates
 
 
-for _variant, _spec in CONVNEXT_SPECS.items():
-    _params, _gflops = PUBLISHED[_variant]
-    register(
-        f"convnext_{_variant}",
-        functools.partial(ConvNeXt, variant=_variant),
-        input_shape=(224, 224, 3),
-        num_classes=1000,
-        paper=f"Liu et al. 2022 ({_params}M params, {_gflops}G FLOPs)",
-        description=(
-            f"ConvNeXt-{_variant[0].upper()}: depths {_spec['depths']}, dims {_spec['dims']}, "
-            f"stochastic depth {_spec['drop_path_rate']} (torchvision layout)"
-        ),
-    )
-
-
 def _layer_norm(reader: TorchReader, prefix: str) -> dict:
     return {"scale": reader.raw(f"{prefix}.weight"), "bias": reader.raw(f"{prefix}.bias")}
 
@@ -239,4 +224,40 @@ def _convert_convnext(reader: TorchReader) -> dict:
     return {"params": params}
 
 
-register_converter([f"convnext_{variant}" for variant in CONVNEXT_SPECS], _convert_convnext)
+def _paper(variant: str) -> str:
+    params, gflops = PUBLISHED[variant]
+    return f"Liu et al. 2022 ({params}M params, {gflops}G FLOPs)"
+
+
+def _description(variant: str) -> str:
+    spec = CONVNEXT_SPECS[variant]
+    return (
+        f"ConvNeXt-{variant[0].upper()}: depths {spec['depths']}, dims {spec['dims']}, "
+        f"stochastic depth {spec['drop_path_rate']} (torchvision layout)"
+    )
+
+
+register(
+    "convnext_tiny",
+    functools.partial(ConvNeXt, variant="tiny"),
+    input_shape=(224, 224, 3),
+    paper=_paper("tiny"),
+    description=_description("tiny"),
+    converter=_convert_convnext,
+)
+register(
+    "convnext_small",
+    functools.partial(ConvNeXt, variant="small"),
+    input_shape=(224, 224, 3),
+    paper=_paper("small"),
+    description=_description("small"),
+    converter=_convert_convnext,
+)
+register(
+    "convnext_base",
+    functools.partial(ConvNeXt, variant="base"),
+    input_shape=(224, 224, 3),
+    paper=_paper("base"),
+    description=_description("base"),
+    converter=_convert_convnext,
+)

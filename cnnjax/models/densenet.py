@@ -46,7 +46,7 @@ from jax import lax
 
 from cnnjax.errors import ConfigError, unknown_choice
 from cnnjax.layers import BatchNorm, Conv2d, avg_pool2d, global_avg_pool, max_pool2d
-from cnnjax.models.convert import TorchReader, register_converter
+from cnnjax.models.convert import TorchReader
 from cnnjax.models.registry import register
 
 ModuleDef = Any
@@ -227,38 +227,6 @@ class DenseNet(nn.Module):
         return logits, intermediates
 
 
-for _depth, (_k, _blocks, _init) in DENSENET_SPECS.items():
-    register(
-        f"densenet{_depth}",
-        functools.partial(DenseNet, growth_rate=_k, block_config=_blocks, num_init_features=_init),
-        input_shape=(224, 224, 3),
-        num_classes=1000,
-        paper="Huang et al. 2017"
-        + (
-            f" (ImageNet top-1 error {PUBLISHED_TOP1_ERROR[_depth]}%, single crop)"
-            if _depth in PUBLISHED_TOP1_ERROR
-            else " (authors' k=48 release, not in the paper's tables)"
-        ),
-        description=f"ImageNet DenseNet-BC-{_depth}, k={_k}, blocks {'-'.join(map(str, _blocks))}",
-    )
-
-register(
-    "densenet_bc_100",
-    functools.partial(
-        DenseNet,
-        growth_rate=12,
-        block_config=(16, 16, 16),
-        num_init_features=24,
-        stem="cifar",
-        num_classes=10,
-    ),
-    input_shape=(32, 32, 3),
-    num_classes=10,
-    paper="Huang et al. 2017 (CIFAR-10+ test error 4.51%, 0.8M params)",
-    description="CIFAR DenseNet-BC (L=100, k=12): 3 blocks of 16 bottleneck layers, theta=0.5",
-)
-
-
 def _convert_densenet(reader: TorchReader) -> dict:
     """torchvision `DenseNet` state dict -> `{"params", "batch_stats"}` of `DenseNet`.
 
@@ -290,4 +258,73 @@ def _convert_densenet(reader: TorchReader) -> dict:
     return {"params": params, "batch_stats": stats}
 
 
-register_converter([f"densenet{d}" for d in DENSENET_SPECS], _convert_densenet)
+def _imagenet(depth: int) -> Callable[..., nn.Module]:
+    """The ImageNet DenseNet-BC of `DENSENET_SPECS[depth]`."""
+    growth_rate, block_config, num_init_features = DENSENET_SPECS[depth]
+    return functools.partial(
+        DenseNet,
+        growth_rate=growth_rate,
+        block_config=block_config,
+        num_init_features=num_init_features,
+    )
+
+
+def _imagenet_paper(depth: int) -> str:
+    if depth in PUBLISHED_TOP1_ERROR:
+        error = PUBLISHED_TOP1_ERROR[depth]
+        return f"Huang et al. 2017 (ImageNet top-1 error {error}%, single crop)"
+    return "Huang et al. 2017 (authors' k=48 release, not in the paper's tables)"
+
+
+def _imagenet_description(depth: int) -> str:
+    growth_rate, block_config, _ = DENSENET_SPECS[depth]
+    blocks = "-".join(map(str, block_config))
+    return f"ImageNet DenseNet-BC-{depth}, k={growth_rate}, blocks {blocks}"
+
+
+register(
+    "densenet121",
+    _imagenet(121),
+    input_shape=(224, 224, 3),
+    paper=_imagenet_paper(121),
+    description=_imagenet_description(121),
+    converter=_convert_densenet,
+)
+register(
+    "densenet161",
+    _imagenet(161),
+    input_shape=(224, 224, 3),
+    paper=_imagenet_paper(161),
+    description=_imagenet_description(161),
+    converter=_convert_densenet,
+)
+register(
+    "densenet169",
+    _imagenet(169),
+    input_shape=(224, 224, 3),
+    paper=_imagenet_paper(169),
+    description=_imagenet_description(169),
+    converter=_convert_densenet,
+)
+register(
+    "densenet201",
+    _imagenet(201),
+    input_shape=(224, 224, 3),
+    paper=_imagenet_paper(201),
+    description=_imagenet_description(201),
+    converter=_convert_densenet,
+)
+register(
+    "densenet_bc_100",
+    functools.partial(
+        DenseNet,
+        growth_rate=12,
+        block_config=(16, 16, 16),
+        num_init_features=24,
+        stem="cifar",
+        num_classes=10,
+    ),
+    input_shape=(32, 32, 3),
+    paper="Huang et al. 2017 (CIFAR-10+ test error 4.51%, 0.8M params)",
+    description="CIFAR DenseNet-BC (L=100, k=12): 3 blocks of 16 bottleneck layers, theta=0.5",
+)

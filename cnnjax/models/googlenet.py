@@ -40,7 +40,7 @@ from cnnjax.errors import ConfigError, unknown_choice
 from cnnjax.layers import BatchNorm, Conv2d, ConvBlock, global_avg_pool
 from cnnjax.layers.norm import local_response_norm
 from cnnjax.layers.pooling import adaptive_avg_pool2d, avg_pool2d, max_pool2d
-from cnnjax.models.convert import TorchReader, register_converter
+from cnnjax.models.convert import TorchReader
 from cnnjax.models.registry import register
 
 ModuleDef = Any
@@ -373,16 +373,14 @@ def _convert_googlenet(reader: TorchReader) -> dict:
     return convert_named_tree(reader, renames, layouts)
 
 
-register_converter(["googlenet"], _convert_googlenet)
-
-_META = dict(input_shape=(224, 224, 3), num_classes=1000)
 register(
     "googlenet",
     GoogLeNet,
+    input_shape=(224, 224, 3),
     paper="Szegedy et al. 2015",
     description="GoogLeNet as torchvision builds it: BN (eps 1e-3), 3x3 in the '5x5' branch, "
     "auxiliary heads",
-    **_META,
+    converter=_convert_googlenet,
 )
 register(
     "googlenet_2014",
@@ -395,14 +393,14 @@ register(
         wide_kernel=5,
         last_pool_window=3,
     ),
+    input_shape=(224, 224, 3),
     paper="Szegedy et al. 2015",
     description="GoogLeNet as in the paper: no BN, 5x5 branches, LRN in the stem, auxiliary heads",
-    **_META,
 )
 register(
     "bn_inception",
     BNInception,
+    input_shape=(224, 224, 3),
     paper="Ioffe & Szegedy 2015",
     description="BN-Inception (Inception v2): BN, double 3x3 instead of 5x5, stride-2 modules",
-    **_META,
 )

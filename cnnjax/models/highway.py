@@ -159,7 +159,6 @@ register(
     "highway_cifar",
     HighwayCifar,
     input_shape=(32, 32, 3),
-    num_classes=10,
     paper="Srivastava et al. 2015",
     description="19-layer convolutional highway network: 3 stages of a plain conv and 5 highway "
     "layers (32/64/128 channels), gate bias -2",
@@ -168,7 +167,6 @@ register(
     "highway_mlp",
     HighwayMLP,
     input_shape=(28, 28, 1),
-    num_classes=10,
     paper="Srivastava et al. 2015",
     description="10-layer thin highway MLP for MNIST: 784-50, 8 highway layers of 50, gate bias -1",
 )

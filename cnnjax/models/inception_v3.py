@@ -29,7 +29,7 @@ import jax.numpy as jnp
 
 from cnnjax.layers import Conv2d, global_avg_pool
 from cnnjax.layers.pooling import avg_pool2d, max_pool2d
-from cnnjax.models.convert import TorchReader, register_converter
+from cnnjax.models.convert import TorchReader
 from cnnjax.models.googlenet import (
     TV_BATCH_NORM,
     conv_block,
@@ -253,13 +253,11 @@ def _convert_inception_v3(reader: TorchReader) -> dict:
     return convert_named_tree(reader)  # the module names are torchvision's
 
 
-register_converter(["inception_v3"], _convert_inception_v3)
-
 register(
     "inception_v3",
     InceptionV3,
     input_shape=(299, 299, 3),
-    num_classes=1000,
     paper="Szegedy et al. 2016",
     description="Inception v3 as torchvision builds it: BN (eps 1e-3), auxiliary head",
+    converter=_convert_inception_v3,
 )

@@ -32,7 +32,7 @@ from cnnjax.errors import ConfigError
 from cnnjax.layers import BatchNorm, Conv2d, DepthwiseConv2d, global_avg_pool
 from cnnjax.layers.conv import he_normal_fan_out
 from cnnjax.layers.fusion import conv_bn_act
-from cnnjax.models.convert import TorchReader, register_converter
+from cnnjax.models.convert import TorchReader
 from cnnjax.models.registry import module_fields, register
 
 ModuleDef = Any
@@ -278,33 +278,6 @@ class MobileNetV2(nn.Module):
         return logits, intermediates
 
 
-# Table 6's other widths (0.75, 0.25) are `alpha=` away; registering them would only add compile
-# time to the registry-wide tests.
-_V1_ALPHAS = {"": 1.0, "_050": 0.5}
-for _suffix, _alpha in _V1_ALPHAS.items():
-    _macs, _params = V1_PUBLISHED[(_alpha, 224)]
-    register(
-        f"mobilenet_v1{_suffix}",
-        functools.partial(MobileNetV1, alpha=_alpha),
-        input_shape=(224, 224, 3),
-        num_classes=1000,
-        paper=f"Howard et al. 2017 ({_params}M params, {_macs}M mult-adds)",
-        description=f"MobileNet v1, width multiplier {_alpha}, depthwise-separable blocks",
-    )
-
-_V2_WIDTHS = {"": 1.0, "_050": 0.5, "_140": 1.4}
-for _suffix, _width_mult in _V2_WIDTHS.items():
-    _published = V2_PUBLISHED.get(_width_mult)
-    register(
-        f"mobilenet_v2{_suffix}",
-        functools.partial(MobileNetV2, width_mult=_width_mult),
-        input_shape=(224, 224, 3),
-        num_classes=1000,
-        paper="Sandler et al. 2018" + (f" ({_published[0]}M mult-adds)" if _published else ""),
-        description=f"MobileNet v2, width multiplier {_width_mult} (torchvision layout)",
-    )
-
-
 def _convert_mobilenet_v2(reader: TorchReader) -> dict:
     """torchvision `mobilenet_v2(width_mult=...)` state dict -> `MobileNetV2` variables.
 
@@ -343,4 +316,53 @@ def _convert_mobilenet_v2(reader: TorchReader) -> dict:
     return variables
 
 
-register_converter([f"mobilenet_v2{suffix}" for suffix in _V2_WIDTHS], _convert_mobilenet_v2)
+def _v1_paper(alpha: float) -> str:
+    macs, params = V1_PUBLISHED[(alpha, 224)]
+    return f"Howard et al. 2017 ({params}M params, {macs}M mult-adds)"
+
+
+def _v2_paper(width_mult: float) -> str:
+    published = V2_PUBLISHED.get(width_mult)
+    return "Sandler et al. 2018" + (f" ({published[0]}M mult-adds)" if published else "")
+
+
+# Table 6's other widths (0.75, 0.25) are `alpha=` away; registering them would only add compile
+# time to the registry-wide tests.
+register(
+    "mobilenet_v1",
+    functools.partial(MobileNetV1, alpha=1.0),
+    input_shape=(224, 224, 3),
+    paper=_v1_paper(1.0),
+    description="MobileNet v1, width multiplier 1.0, depthwise-separable blocks",
+)
+register(
+    "mobilenet_v1_050",
+    functools.partial(MobileNetV1, alpha=0.5),
+    input_shape=(224, 224, 3),
+    paper=_v1_paper(0.5),
+    description="MobileNet v1, width multiplier 0.5, depthwise-separable blocks",
+)
+register(
+    "mobilenet_v2",
+    functools.partial(MobileNetV2, width_mult=1.0),
+    input_shape=(224, 224, 3),
+    paper=_v2_paper(1.0),
+    description="MobileNet v2, width multiplier 1.0 (torchvision layout)",
+    converter=_convert_mobilenet_v2,
+)
+register(
+    "mobilenet_v2_050",
+    functools.partial(MobileNetV2, width_mult=0.5),
+    input_shape=(224, 224, 3),
+    paper=_v2_paper(0.5),
+    description="MobileNet v2, width multiplier 0.5 (torchvision layout)",
+    converter=_convert_mobilenet_v2,
+)
+register(
+    "mobilenet_v2_140",
+    functools.partial(MobileNetV2, width_mult=1.4),
+    input_shape=(224, 224, 3),
+    paper=_v2_paper(1.4),
+    description="MobileNet v2, width multiplier 1.4 (torchvision layout)",
+    converter=_convert_mobilenet_v2,
+)

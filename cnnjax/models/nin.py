@@ -175,7 +175,6 @@ register(
     "nin_cifar",
     NiN,
     input_shape=(32, 32, 3),
-    num_classes=10,
     paper="Lin et al. 2014",
     description="Network in Network for CIFAR-10: three mlpconv blocks, global average pooling",
 )
@@ -183,7 +182,6 @@ register(
     "nin_imagenet",
     functools.partial(NiN, variant="imagenet", num_classes=1000),
     input_shape=(224, 224, 3),
-    num_classes=1000,
     paper="Lin et al. 2014",
     description="Network in Network for ImageNet (the authors' Caffe model): four mlpconv blocks",
 )

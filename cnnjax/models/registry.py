@@ -1,7 +1,9 @@
 """Model registry: `register`, `create_model`, `list_models`, `model_info`.
 
-Each entry is a constructor (usually a `functools.partial` of a Linen module class) plus metadata
-that training and analysis need without building the model: input shape, class count, paper.
+Each entry is a constructor (usually a `functools.partial` of a Linen module class) plus everything
+training, analysis and the parity tests need without building the model: input shape, paper, loss
+and the torchvision converter. The default class count is the constructor's own `num_classes`
+(a keyword of the partial, else the module field's default), so it is stated once.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ import dataclasses
 import fnmatch
 import functools
 import inspect
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -18,6 +21,7 @@ import jax
 import jax.numpy as jnp
 
 from cnnjax.errors import ConfigError, unknown_choice
+from cnnjax.models.counting import count_macs, count_params
 
 
 @dataclasses.dataclass(frozen=True)
@@ -28,22 +32,33 @@ class ModelInfo:
       name: registry key.
       constructor: callable returning the Linen module; keyword arguments override its fields.
       input_shape: `(H, W, C)` of one input image.
-      num_classes: default number of classes.
       paper: the publication the architecture comes from.
       description: one line on what this variant is.
       loss: training objective, a key of `cnnjax.train.losses.LOSSES`.
+      converter: `converter(reader) -> variables` mapping a torchvision state dict (through a
+        `cnnjax.models.convert.TorchReader`) onto this model; None without a torchvision
+        counterpart. Called by `cnnjax.models.convert.from_torch`.
 
-    `params` and `macs` (multiply-accumulates of one image at `input_shape`, eval mode) are
-    computed on first use by tracing the model on abstract shapes: no weights are allocated.
+    `num_classes` (the default class count) is read from the constructor. `params` and `macs`
+    (multiply-accumulates of one image at `input_shape`, eval mode) are computed on first use by
+    tracing the model on abstract shapes: no weights are allocated.
     """
 
     name: str
     constructor: Callable[..., nn.Module]
     input_shape: tuple[int, ...]
-    num_classes: int
     paper: str = ""
     description: str = ""
     loss: str = "cross_entropy"
+    converter: Callable[[Any], dict] | None = None
+
+    def __post_init__(self):
+        default_num_classes(self.constructor)  # fails at registration, not at first use
+
+    @property
+    def num_classes(self) -> int:
+        """Default number of classes: the constructor's `num_classes`."""
+        return default_num_classes(self.constructor)
 
     def abstract_variables(self) -> dict:
         """Shapes and dtypes of the model's variables for one input image."""
@@ -55,15 +70,11 @@ class ModelInfo:
     @functools.cached_property
     def params(self) -> int:
         """Number of trainable parameters at the default class count."""
-        from cnnjax.analysis.costs import count_params
-
         return count_params(self.abstract_variables().get("params", {}))
 
     @functools.cached_property
     def macs(self) -> int:
         """Multiply-accumulates of convolutions and dense layers for one input image."""
-        from cnnjax.analysis.costs import count_macs
-
         model = self.constructor()
         x = jax.ShapeDtypeStruct((1, *self.input_shape), jnp.float32)
         return count_macs(
@@ -83,9 +94,20 @@ def register(name: str, constructor: Callable[..., nn.Module], **metadata: Any) 
     return info
 
 
+def natural_key(name: str) -> tuple:
+    """Sort key comparing digit runs as numbers: resnet18 < resnet34 < resnet101."""
+    # re.split with a capture group alternates text and digits, text first, so the parts of any
+    # two keys compare str with str and int with int; the name itself breaks ties ("05" vs "5").
+    parts = re.split(r"(\d+)", name)
+    return tuple(int(p) if i % 2 else p for i, p in enumerate(parts)), name
+
+
 def list_models(pattern: str = "*") -> list[str]:
-    """Sorted names of registered models matching a shell-style pattern, e.g. 'resnet*'."""
-    return sorted(n for n in _REGISTRY if fnmatch.fnmatch(n, pattern))
+    """Names of registered models matching a shell-style pattern, e.g. 'resnet*'.
+
+    Sorted naturally (numbers by value): resnet18, resnet34, resnet50, resnet101, resnet152.
+    """
+    return sorted((n for n in _REGISTRY if fnmatch.fnmatch(n, pattern)), key=natural_key)
 
 
 def model_info(name: str) -> ModelInfo:
@@ -97,6 +119,22 @@ def model_info(name: str) -> ModelInfo:
     if name not in _REGISTRY:
         raise ConfigError(unknown_choice("model", name, _REGISTRY))
     return _REGISTRY[name]
+
+
+def default_num_classes(constructor: Callable[..., nn.Module]) -> int:
+    """The `num_classes` a constructor builds with: the partial's keyword, else the field default.
+
+    Raises:
+      ValueError: the module has no `num_classes` field with a default (a registration bug).
+    """
+    keywords = getattr(constructor, "keywords", {})
+    if "num_classes" in keywords:
+        return keywords["num_classes"]
+    cls = getattr(constructor, "func", constructor)
+    fields = {f.name: f for f in dataclasses.fields(cls)} if dataclasses.is_dataclass(cls) else {}
+    if "num_classes" not in fields or fields["num_classes"].default is dataclasses.MISSING:
+        raise ValueError(f"{constructor!r} has no default num_classes")
+    return fields["num_classes"].default
 
 
 def module_fields(constructor: Callable[..., nn.Module]) -> list[str]:

@@ -35,7 +35,7 @@ from cnnjax.layers.blurpool import blur_pool2d
 from cnnjax.layers.conv import he_normal_fan_out
 from cnnjax.layers.dropout import make_dropout
 from cnnjax.layers.fusion import conv_bn_act
-from cnnjax.models.convert import TorchReader, register_converter
+from cnnjax.models.convert import TorchReader
 from cnnjax.models.registry import register
 
 ModuleDef = Any
@@ -272,20 +272,6 @@ class ResNet(nn.Module):
         return logits, intermediates
 
 
-for _depth, (_kind, _sizes) in RESNET_SPECS.items():
-    register(
-        f"resnet{_depth}",
-        functools.partial(ResNet, depth=_depth),
-        input_shape=(224, 224, 3),
-        num_classes=1000,
-        paper=f"He et al. 2016 (ImageNet top-1 error {PUBLISHED_TOP1_ERROR[_depth]}%, 10-crop)",
-        description=(
-            f"ImageNet ResNet-{_depth}, {_kind} blocks {'-'.join(map(str, _sizes))}"
-            + (", stride on the 3x3 (v1.5, as torchvision)" if _kind == "bottleneck" else "")
-        ),
-    )
-
-
 def _convert_resnet(reader: TorchReader) -> dict:
     """torchvision `ResNet` state dict -> `{"params", "batch_stats"}` of `ResNet`.
 
@@ -319,4 +305,54 @@ def _convert_resnet(reader: TorchReader) -> dict:
     return {"params": params, "batch_stats": stats}
 
 
-register_converter([f"resnet{d}" for d in RESNET_SPECS], _convert_resnet)
+def _paper(depth: int) -> str:
+    return f"He et al. 2016 (ImageNet top-1 error {PUBLISHED_TOP1_ERROR[depth]}%, 10-crop)"
+
+
+def _description(depth: int) -> str:
+    kind, sizes = RESNET_SPECS[depth]
+    return f"ImageNet ResNet-{depth}, {kind} blocks {'-'.join(map(str, sizes))}" + (
+        ", stride on the 3x3 (v1.5, as torchvision)" if kind == "bottleneck" else ""
+    )
+
+
+register(
+    "resnet18",
+    functools.partial(ResNet, depth=18),
+    input_shape=(224, 224, 3),
+    paper=_paper(18),
+    description=_description(18),
+    converter=_convert_resnet,
+)
+register(
+    "resnet34",
+    functools.partial(ResNet, depth=34),
+    input_shape=(224, 224, 3),
+    paper=_paper(34),
+    description=_description(34),
+    converter=_convert_resnet,
+)
+register(
+    "resnet50",
+    functools.partial(ResNet, depth=50),
+    input_shape=(224, 224, 3),
+    paper=_paper(50),
+    description=_description(50),
+    converter=_convert_resnet,
+)
+register(
+    "resnet101",
+    functools.partial(ResNet, depth=101),
+    input_shape=(224, 224, 3),
+    paper=_paper(101),
+    description=_description(101),
+    converter=_convert_resnet,
+)
+register(
+    "resnet152",
+    functools.partial(ResNet, depth=152),
+    input_shape=(224, 224, 3),
+    paper=_paper(152),
+    description=_description(152),
+    converter=_convert_resnet,
+)

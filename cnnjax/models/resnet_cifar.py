@@ -117,20 +117,73 @@ class CifarResNet(nn.Module):
         return logits, intermediates
 
 
-for _depth in BLOCKS_PER_STAGE:
-    register(
-        f"resnet{_depth}",
-        functools.partial(CifarResNet, depth=_depth),
-        input_shape=(32, 32, 3),
-        num_classes=10,
-        paper=f"He et al. 2016 (CIFAR-10 test error {PUBLISHED_ERROR[_depth]}%)",
-        description=f"CIFAR ResNet-{_depth}, option A shortcuts",
-    )
-    register(
-        f"plain{_depth}",
-        functools.partial(CifarResNet, depth=_depth, shortcut="none"),
-        input_shape=(32, 32, 3),
-        num_classes=10,
-        paper="He et al. 2016 (plain baseline, Sec. 4.2)",
-        description=f"CIFAR plain-{_depth}: ResNet-{_depth} without shortcuts",
-    )
+register(
+    "resnet20",
+    functools.partial(CifarResNet, depth=20),
+    input_shape=(32, 32, 3),
+    paper=f"He et al. 2016 (CIFAR-10 test error {PUBLISHED_ERROR[20]}%)",
+    description="CIFAR ResNet-20, option A shortcuts",
+)
+register(
+    "plain20",
+    functools.partial(CifarResNet, depth=20, shortcut="none"),
+    input_shape=(32, 32, 3),
+    paper="He et al. 2016 (plain baseline, Sec. 4.2)",
+    description="CIFAR plain-20: ResNet-20 without shortcuts",
+)
+register(
+    "resnet32",
+    functools.partial(CifarResNet, depth=32),
+    input_shape=(32, 32, 3),
+    paper=f"He et al. 2016 (CIFAR-10 test error {PUBLISHED_ERROR[32]}%)",
+    description="CIFAR ResNet-32, option A shortcuts",
+)
+register(
+    "plain32",
+    functools.partial(CifarResNet, depth=32, shortcut="none"),
+    input_shape=(32, 32, 3),
+    paper="He et al. 2016 (plain baseline, Sec. 4.2)",
+    description="CIFAR plain-32: ResNet-32 without shortcuts",
+)
+register(
+    "resnet44",
+    functools.partial(CifarResNet, depth=44),
+    input_shape=(32, 32, 3),
+    paper=f"He et al. 2016 (CIFAR-10 test error {PUBLISHED_ERROR[44]}%)",
+    description="CIFAR ResNet-44, option A shortcuts",
+)
+register(
+    "plain44",
+    functools.partial(CifarResNet, depth=44, shortcut="none"),
+    input_shape=(32, 32, 3),
+    paper="He et al. 2016 (plain baseline, Sec. 4.2)",
+    description="CIFAR plain-44: ResNet-44 without shortcuts",
+)
+register(
+    "resnet56",
+    functools.partial(CifarResNet, depth=56),
+    input_shape=(32, 32, 3),
+    paper=f"He et al. 2016 (CIFAR-10 test error {PUBLISHED_ERROR[56]}%)",
+    description="CIFAR ResNet-56, option A shortcuts",
+)
+register(
+    "plain56",
+    functools.partial(CifarResNet, depth=56, shortcut="none"),
+    input_shape=(32, 32, 3),
+    paper="He et al. 2016 (plain baseline, Sec. 4.2)",
+    description="CIFAR plain-56: ResNet-56 without shortcuts",
+)
+register(
+    "resnet110",
+    functools.partial(CifarResNet, depth=110),
+    input_shape=(32, 32, 3),
+    paper=f"He et al. 2016 (CIFAR-10 test error {PUBLISHED_ERROR[110]}%)",
+    description="CIFAR ResNet-110, option A shortcuts",
+)
+register(
+    "plain110",
+    functools.partial(CifarResNet, depth=110, shortcut="none"),
+    input_shape=(32, 32, 3),
+    paper="He et al. 2016 (plain baseline, Sec. 4.2)",
+    description="CIFAR plain-110: ResNet-110 without shortcuts",
+)

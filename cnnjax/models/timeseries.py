@@ -236,7 +236,6 @@ register(
     "cnn1d",
     Conv1dNet,
     input_shape=SERIES_INPUT_SHAPE,
-    num_classes=2,
     paper="1-D VGG-style CNN (Simonyan & Zisserman 2015 pattern applied to sequences)",
     description="1-D CNN, stem + 3 conv-BN-ReLU-maxpool stages, next-step up/down of a series",
 )
@@ -244,7 +243,6 @@ register(
     "tcn1d",
     TemporalConvNet,
     input_shape=SERIES_INPUT_SHAPE,
-    num_classes=2,
     paper=PAPER_TCN,
     description="causal dilated TCN, dilations 1-8, kernel 3, receptive field 61 steps",
 )

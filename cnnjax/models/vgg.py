@@ -30,7 +30,7 @@ from cnnjax.layers import BatchNorm, Conv2d, max_pool2d
 from cnnjax.layers.conv import he_normal_fan_out
 from cnnjax.layers.fusion import conv_bn_act
 from cnnjax.layers.pooling import adaptive_avg_pool2d
-from cnnjax.models.convert import TorchReader, register_converter
+from cnnjax.models.convert import TorchReader
 from cnnjax.models.registry import register
 
 ModuleDef = Any
@@ -134,26 +134,82 @@ def _vgg_converter(config: str, batch_norm: bool):
     return convert
 
 
-for _config, _depth in DEPTHS.items():
-    for _bn in (False, True):
-        _name = f"vgg{_depth}" + ("_bn" if _bn else "")
-        register(
-            _name,
-            functools.partial(VGG, config=_config, norm=BatchNorm if _bn else None),
-            input_shape=(224, 224, 3),
-            num_classes=1000,
-            paper="Simonyan & Zisserman 2015",
-            description=f"VGG-{_depth} (configuration {_config})"
-            + (" with batch normalization" if _bn else "")
-            + ", torchvision layout",
-        )
-        register_converter([_name], _vgg_converter(_config, _bn))
+def _description(config: str, batch_norm: bool) -> str:
+    return (
+        f"VGG-{DEPTHS[config]} (configuration {config})"
+        + (" with batch normalization" if batch_norm else "")
+        + ", torchvision layout"
+    )
 
+
+register(
+    "vgg11",
+    functools.partial(VGG, config="A", norm=None),
+    input_shape=(224, 224, 3),
+    paper="Simonyan & Zisserman 2015",
+    description=_description("A", batch_norm=False),
+    converter=_vgg_converter("A", batch_norm=False),
+)
+register(
+    "vgg11_bn",
+    functools.partial(VGG, config="A", norm=BatchNorm),
+    input_shape=(224, 224, 3),
+    paper="Simonyan & Zisserman 2015",
+    description=_description("A", batch_norm=True),
+    converter=_vgg_converter("A", batch_norm=True),
+)
+register(
+    "vgg13",
+    functools.partial(VGG, config="B", norm=None),
+    input_shape=(224, 224, 3),
+    paper="Simonyan & Zisserman 2015",
+    description=_description("B", batch_norm=False),
+    converter=_vgg_converter("B", batch_norm=False),
+)
+register(
+    "vgg13_bn",
+    functools.partial(VGG, config="B", norm=BatchNorm),
+    input_shape=(224, 224, 3),
+    paper="Simonyan & Zisserman 2015",
+    description=_description("B", batch_norm=True),
+    converter=_vgg_converter("B", batch_norm=True),
+)
+register(
+    "vgg16",
+    functools.partial(VGG, config="D", norm=None),
+    input_shape=(224, 224, 3),
+    paper="Simonyan & Zisserman 2015",
+    description=_description("D", batch_norm=False),
+    converter=_vgg_converter("D", batch_norm=False),
+)
+register(
+    "vgg16_bn",
+    functools.partial(VGG, config="D", norm=BatchNorm),
+    input_shape=(224, 224, 3),
+    paper="Simonyan & Zisserman 2015",
+    description=_description("D", batch_norm=True),
+    converter=_vgg_converter("D", batch_norm=True),
+)
+register(
+    "vgg19",
+    functools.partial(VGG, config="E", norm=None),
+    input_shape=(224, 224, 3),
+    paper="Simonyan & Zisserman 2015",
+    description=_description("E", batch_norm=False),
+    converter=_vgg_converter("E", batch_norm=False),
+)
+register(
+    "vgg19_bn",
+    functools.partial(VGG, config="E", norm=BatchNorm),
+    input_shape=(224, 224, 3),
+    paper="Simonyan & Zisserman 2015",
+    description=_description("E", batch_norm=True),
+    converter=_vgg_converter("E", batch_norm=True),
+)
 register(
     "vgg16_cifar",
     functools.partial(VGG, config="D", norm=BatchNorm, hidden=(), pool_size=None, num_classes=10),
     input_shape=(32, 32, 3),
-    num_classes=10,
     paper="Simonyan & Zisserman 2015; CIFAR form of kuangliu/pytorch-cifar",
     description="VGG-16 with BN for 32x32 inputs: 1x1x512 features, one dense layer",
 )

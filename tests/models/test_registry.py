@@ -8,6 +8,8 @@ import pytest
 from cnnjax import models
 from cnnjax.analysis import count_params
 from cnnjax.errors import ConfigError, ShapeError
+from cnnjax.models import registry
+from cnnjax.models.convert import convertible_models, from_torch
 from cnnjax.models.resnet_cifar import BLOCKS_PER_STAGE
 from tests.models.helpers import host_variables
 
@@ -37,6 +39,34 @@ EXPECTED_PARAMS.update({f"resnet{d}": cifar_resnet_params(n) for d, n in BLOCKS_
 def test_registry_lists_the_foundation_models():
     assert {"lenet5", "lenet5_classic", "resnet20", "resnet110"} <= set(models.list_models())
     assert models.list_models("resnet2*") == ["resnet20"]
+
+
+def test_list_models_sorts_numbers_by_value():
+    resnets = models.list_models("resnet*")
+    imagenet = [n for n in resnets if models.model_info(n).num_classes == 1000]
+    assert imagenet == ["resnet18", "resnet34", "resnet50", "resnet101", "resnet152"]
+    assert models.list_models("plain*") == ["plain20", "plain32", "plain44", "plain56", "plain110"]
+    lenets = ["lenet5", "lenet5_1998", "lenet5_classic", "lenet300_100"]
+    assert models.list_models("lenet*") == lenets
+    # A name that extends another after a digit run sorts after it; ties fall back to the text.
+    names = ["a10", "a1b2", "a9", "a1b", "a01", "a1"]
+    assert sorted(names, key=registry.natural_key) == ["a01", "a1", "a1b", "a1b2", "a9", "a10"]
+
+
+def test_default_class_count_is_the_constructors():
+    assert models.model_info("resnet18").num_classes == 1000  # the ResNet field default
+    assert models.model_info("densenet_bc_100").num_classes == 10  # the partial's keyword
+    resnet18 = models.model_info("resnet18").constructor
+    with pytest.raises(TypeError, match="num_classes"):  # stated once: not in the metadata too
+        models.register("resnet18_again", resnet18, input_shape=(224, 224, 3), num_classes=1000)
+
+
+def test_torchvision_converters_live_in_the_registry():
+    assert models.model_info("resnet50").converter is not None
+    assert models.model_info("resnet20").converter is None  # no torchvision CIFAR ResNet
+    assert "resnet50" in convertible_models() and "resnet20" not in convertible_models()
+    with pytest.raises(ConfigError, match="torchvision converter 'resnet20'"):
+        from_torch("resnet20", {})
 
 
 def has_batch_norm(variables) -> bool:

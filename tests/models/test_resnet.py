@@ -261,6 +261,6 @@ def test_registered_names():
     assert set(models.list_models("resnet*")) == {
         f"resnet{d}" for d in (*RESNET_SPECS, *BLOCKS_PER_STAGE)
     }
-    assert models.list_models("plain*") == sorted(f"plain{d}" for d in BLOCKS_PER_STAGE)
+    assert models.list_models("plain*") == [f"plain{d}" for d in sorted(BLOCKS_PER_STAGE)]
     assert models.model_info("resnet50").input_shape == (224, 224, 3)
     assert models.model_info("plain56").input_shape == (32, 32, 3)
