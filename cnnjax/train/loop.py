@@ -20,7 +20,7 @@ from cnnjax.data import dataset_spec, eval_batches, fit_source, load_source, rea
 from cnnjax.errors import ConfigError, NonFiniteLossError
 from cnnjax.layers.components import resolve_components
 from cnnjax.train.checkpoint import Checkpoints
-from cnnjax.train.config import validate_config
+from cnnjax.train.config import schema_defaults, validate_config
 from cnnjax.train.metrics import MetricWriter
 from cnnjax.train.optim import make_optimizer
 from cnnjax.train.state import create_train_state
@@ -162,11 +162,13 @@ def train(
 
     os.makedirs(workdir, exist_ok=True)
     resolved = json.loads(config.to_json())
-    checkpoints = Checkpoints(workdir, resolved, keep=config.keep_checkpoints)
+    checkpoints = Checkpoints(
+        workdir, resolved, keep=config.keep_checkpoints, defaults=schema_defaults()
+    )
     try:
         state, start_step = checkpoints.restore_latest(state)
         with open(os.path.join(workdir, "config.json"), "w") as f:
-            json.dump(resolved, f, indent=2)
+            json.dump(checkpoints.config, f, indent=2)
         writer = MetricWriter(workdir, resume_step=start_step)
         print_progress(f"{config.model}: {_count(state.params):,} parameters; "
                        f"{len(train_source):,} training examples of {config.dataset}; "
