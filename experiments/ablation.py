@@ -103,9 +103,14 @@ def run_ablation(
             config = apply_overrides(base, {**arm.overrides, "seed": seed})
             start = time.perf_counter()
             run = train(config, run_dir)
-            record = {"arm": arm.name, "label": arm.label, "seed": seed,
-                      "test_accuracy": run.result["accuracy"], "test_loss": run.result["loss"],
-                      "steps": run.result["step"]}  # fmt: skip
+            record = {
+                "arm": arm.name,
+                "label": arm.label,
+                "seed": seed,
+                "test_accuracy": run.result["accuracy"],
+                "test_loss": run.result["loss"],
+                "steps": run.result["step"],
+            }
             if measure is not None:
                 record.update(measure(run, arm))
             record["wall_seconds"] = time.perf_counter() - start

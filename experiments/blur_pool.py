@@ -44,12 +44,18 @@ def parse_arm(name: str, config) -> Arm:
         )
     net, size, noaug = match.group(1), int(match.group(2)), bool(match.group(3))
     if net == "resnet20":
-        overrides = {"model": "resnet20", "model_kwargs.width": config.resnet_width,
-                     "model_kwargs.antialias": size}  # fmt: skip
+        overrides = {
+            "model": "resnet20",
+            "model_kwargs.width": config.resnet_width,
+            "model_kwargs.antialias": size,
+        }
     else:
         pool = "max" if size == 1 else f"max_blur:{size}:replicate"
-        overrides = {"model": "vgg16_cifar", "model_kwargs.width_multiplier": config.vgg_width,
-                     "model_kwargs.pool": pool}  # fmt: skip
+        overrides = {
+            "model": "vgg16_cifar",
+            "model_kwargs.width_multiplier": config.vgg_width,
+            "model_kwargs.pool": pool,
+        }
     if noaug:
         overrides.update({"augment.crop_padding": 0, "augment.flip": False})
     what = "baseline (plain striding)" if size == 1 else f"blur filter {size}"
@@ -79,8 +85,9 @@ COLUMNS = {
     "worst_accuracy_circular": "worst acc., circular (%)",
 }
 PERCENT = tuple(COLUMNS)
-DIFFERENCE_COLUMNS = {k: COLUMNS[k] for k in ("test_accuracy", "consistency_crop",
-                                              "consistency_circular")}  # fmt: skip
+DIFFERENCE_COLUMNS = {
+    k: COLUMNS[k] for k in ("test_accuracy", "consistency_crop", "consistency_circular")
+}
 
 
 def baseline_of(arm: str) -> str:
@@ -115,8 +122,14 @@ def diagonal_shift_figure(rows, records):
     plt = pyplot()
     nets = _nets(rows)
     panels = [(net, mode) for net in nets for mode in ("crop", "circular")]
-    fig, axes = plt.subplots(2, len(panels), figsize=(4.2 * len(panels), 7),
-                             constrained_layout=True, sharex=True, squeeze=False)  # fmt: skip
+    fig, axes = plt.subplots(
+        2,
+        len(panels),
+        figsize=(4.2 * len(panels), 7),
+        constrained_layout=True,
+        sharex=True,
+        squeeze=False,
+    )
     for row in rows:
         runs = runs_of(records, row["arm"])
         net, color = _net_and_color(row["arm"])
@@ -128,8 +141,11 @@ def diagonal_shift_figure(rows, records):
             for ax, key in zip(axes[:, col], ("accuracy", "agreement")):
                 values = 100 * np.mean([r[f"curve_{mode}"][key] for r in runs], axis=0)
                 ax.plot(shifts, values, style, color=color, marker="o", ms=3, label=row["arm"])
-                ax.set(title=f"{net}: {key}, {mode} shift", xlabel="diagonal shift (s, s), pixels",
-                       ylabel=f"{key} (%)")  # fmt: skip
+                ax.set(
+                    title=f"{net}: {key}, {mode} shift",
+                    xlabel="diagonal shift (s, s), pixels",
+                    ylabel=f"{key} (%)",
+                )
     for ax in axes[0]:
         ax.legend(fontsize=7)
     return fig
@@ -148,13 +164,22 @@ def consistency_figure(rows, records=None):
         for row in rows:
             net, color = _net_and_color(row["arm"])
             marker = "os^Dv"[nets.index(net) % 5]
-            ax.errorbar(100 * row[f"consistency_{mode}"], 100 * row["test_accuracy"],
-                        xerr=100 * np.nan_to_num(row[f"consistency_{mode}_std"]),
-                        yerr=100 * np.nan_to_num(row["test_accuracy_std"]), fmt=marker,
-                        color=color, mfc="none" if row["arm"].endswith("noaug") else color,
-                        capsize=3, label=row["arm"])  # fmt: skip
-        ax.set(xlabel=f"consistency, {mode} shifts (%)", ylabel="test accuracy (%)",
-               title=f"Accuracy vs {mode}-shift consistency (mean ± std)")  # fmt: skip
+            ax.errorbar(
+                100 * row[f"consistency_{mode}"],
+                100 * row["test_accuracy"],
+                xerr=100 * np.nan_to_num(row[f"consistency_{mode}_std"]),
+                yerr=100 * np.nan_to_num(row["test_accuracy_std"]),
+                fmt=marker,
+                color=color,
+                mfc="none" if row["arm"].endswith("noaug") else color,
+                capsize=3,
+                label=row["arm"],
+            )
+        ax.set(
+            xlabel=f"consistency, {mode} shifts (%)",
+            ylabel="test accuracy (%)",
+            title=f"Accuracy vs {mode}-shift consistency (mean ± std)",
+        )
     axes[0].legend(fontsize=7)
     return fig
 
@@ -184,15 +209,24 @@ def report(config, records, workdir: str) -> str:
         f"{config.curve_images}."
     )
     save_figures(FIGURES, rows, records, workdir)
-    payload = {"config": config.to_dict(), "summary": rows, "differences": differences,
-               "runs": records}  # fmt: skip
+    payload = {
+        "config": config.to_dict(),
+        "summary": rows,
+        "differences": differences,
+        "runs": records,
+    }
     return write_results(workdir, header, [table, differences_md], payload)
 
 
 def run(config, workdir: str) -> str:
     arms = [parse_arm(name.strip(), config) for name in config.arms.split(",") if name.strip()]
-    records = run_ablation(config.train, arms, [int(s) for s in config.seeds], workdir,
-                           lambda trained, arm: measure(trained, arm, config))  # fmt: skip
+    records = run_ablation(
+        config.train,
+        arms,
+        [int(s) for s in config.seeds],
+        workdir,
+        lambda trained, arm: measure(trained, arm, config),
+    )
     return report(config, records, workdir)
 
 

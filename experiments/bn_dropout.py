@@ -41,10 +41,16 @@ def parse_arm(name: str) -> Arm:
             f"{POSITIONS} and kind in {DROPOUT_KINDS}, e.g. 'before_bn_0.5'"
         )
     position, kind, rate = match.group(1), match.group(2) or "bernoulli", float(match.group(3))
-    overrides = {"model_kwargs.dropout_rate": rate, "model_kwargs.dropout_position": position,
-                 "model_kwargs.dropout_kind": kind}  # fmt: skip
-    what = {"after_bn": "conv-bn-relu-drop", "before_bn": "conv-drop-bn-relu",
-            "head": "before the classifier"}[position]  # fmt: skip
+    overrides = {
+        "model_kwargs.dropout_rate": rate,
+        "model_kwargs.dropout_position": position,
+        "model_kwargs.dropout_kind": kind,
+    }
+    what = {
+        "after_bn": "conv-bn-relu-drop",
+        "before_bn": "conv-drop-bn-relu",
+        "head": "before the classifier",
+    }[position]
     return Arm(name, overrides, f"{kind} {rate:g}, {what}")
 
 
@@ -58,8 +64,10 @@ def measure(run, arm, config) -> dict:
     # with dropout off, so that the fix isolates dropout's share of the shift: the augmentation's
     # own share (black crop borders, train vs test inputs) is also in the "none" arm.
     key = jax.random.PRNGKey(config.reestimate_seed)
-    train_batches = [prep(b, jax.random.fold_in(key, i)) for i, b in
-                     enumerate(batched(train_images, int(config.train.batch_size)))]  # fmt: skip
+    train_batches = [
+        prep(b, jax.random.fold_in(key, i))
+        for i, b in enumerate(batched(train_images, int(config.train.batch_size)))
+    ]
     variables = {"params": run.state.params, "batch_stats": run.state.batch_stats}
     before = vs.variance_shift(run.model, variables, test_batches)
     fixed = vs.reestimate_batch_stats(run.model, variables, train_batches)
@@ -99,10 +107,12 @@ def toy_rows(config) -> list[dict]:
                     predicted = vs.predicted_shift(kind, rate, mean)
                 else:
                     predicted = vs.predicted_linear_shift(kind, rate, weights, mean, 1.0, corr)
-                measured = vs.simulate_toy_shift(kind, rate, mean, 1.0, width, corr,
-                                                 steps=config.toy_steps)  # fmt: skip
-                rows.append(dict(kind=kind, rate=rate, case=case, predicted=predicted,
-                                 measured=measured))  # fmt: skip
+                measured = vs.simulate_toy_shift(
+                    kind, rate, mean, 1.0, width, corr, steps=config.toy_steps
+                )
+                rows.append(
+                    dict(kind=kind, rate=rate, case=case, predicted=predicted, measured=measured)
+                )
     return rows
 
 
@@ -134,10 +144,15 @@ def variance_shift_figure(rows, records, key: str = "shift_pooled_per_layer"):
         curve = np.mean([r[key] for r in runs], axis=0)
         ax.plot(range(1, len(curve) + 1), curve, marker="o", ms=3, label=row["arm"])
     ax.axhline(1.0, color="k", lw=0.8)
-    what = {"shift_pooled_per_layer": "pooled over channels",
-            "shift_median_per_layer": "median channel"}.get(key, "mean channel")  # fmt: skip
-    ax.set(xlabel="BN layer (input to output)", ylabel="running var / test-time var",
-           title=f"Variance shift per BN layer ({what}, mean over seeds)")  # fmt: skip
+    what = {
+        "shift_pooled_per_layer": "pooled over channels",
+        "shift_median_per_layer": "median channel",
+    }.get(key, "mean channel")
+    ax.set(
+        xlabel="BN layer (input to output)",
+        ylabel="running var / test-time var",
+        title=f"Variance shift per BN layer ({what}, mean over seeds)",
+    )
     ax.legend(fontsize=8)
     return fig
 
@@ -148,8 +163,10 @@ def reestimation_figure(rows, records=None):
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(8, 4), constrained_layout=True)
     x = np.arange(len(rows))
-    bars = [(-0.2, "test_accuracy", "as trained"),
-            (0.2, "reestimated_accuracy", "BN re-estimated, dropout off")]  # fmt: skip
+    bars = [
+        (-0.2, "test_accuracy", "as trained"),
+        (0.2, "reestimated_accuracy", "BN re-estimated, dropout off"),
+    ]
     for offset, key, label in bars:
         means = [100 * r[key] for r in rows]
         stds = [100 * np.nan_to_num(r[key + "_std"]) for r in rows]
@@ -172,8 +189,11 @@ def report(config, records, toy, workdir: str) -> str:
         "| noise | rate | case | predicted | measured |",
         "| --- | ---: | --- | ---: | ---: |",
     ]
-    toy_lines += [f"| {t['kind']} | {t['rate']:g} | {t['case']} | {t['predicted']:.4f} | "
-                  f"{t['measured']:.4f} |" for t in toy]  # fmt: skip
+    toy_lines += [
+        f"| {t['kind']} | {t['rate']:g} | {t['case']} | {t['predicted']:.4f} | "
+        f"{t['measured']:.4f} |"
+        for t in toy
+    ]
     minutes = sum(r["wall_seconds"] for r in records) / 60
     header = (
         f"# BN vs dropout ({config.size} size)\n\n"
@@ -194,8 +214,13 @@ def report(config, records, toy, workdir: str) -> str:
 
 def run(config, workdir: str) -> str:
     arms = [parse_arm(name.strip()) for name in config.arms.split(",") if name.strip()]
-    records = run_ablation(config.train, arms, [int(s) for s in config.seeds], workdir,
-                           lambda trained, arm: measure(trained, arm, config))  # fmt: skip
+    records = run_ablation(
+        config.train,
+        arms,
+        [int(s) for s in config.seeds],
+        workdir,
+        lambda trained, arm: measure(trained, arm, config),
+    )
     return report(config, records, toy_rows(config), workdir)
 
 

@@ -91,8 +91,9 @@ def text_table(header: list[str], cells: list[list[str]], left: int = 2) -> str:
     widths = [max(len(x) for x in col) for col in zip(header, *cells)]
 
     def line(row):
-        return "  ".join(x.ljust(w) if i < left else x.rjust(w)
-                         for i, (x, w) in enumerate(zip(row, widths))).rstrip()  # fmt: skip
+        return "  ".join(
+            x.ljust(w) if i < left else x.rjust(w) for i, (x, w) in enumerate(zip(row, widths))
+        ).rstrip()
 
     rule = "-" * len(line(header))
     return "\n".join([line(header), rule, *map(line, cells), rule])
@@ -139,8 +140,21 @@ class LayerTable:
     other_flops: int = 0
     unused_params: dict[str, int] = dataclasses.field(default_factory=dict)
 
-    COLUMNS = ("name", "op", "output_shape", "kernel", "stride", "dilation", "groups", "params",
-               "macs", "flops", "rf", "jump", "start")  # fmt: skip
+    COLUMNS = (
+        "name",
+        "op",
+        "output_shape",
+        "kernel",
+        "stride",
+        "dilation",
+        "groups",
+        "params",
+        "macs",
+        "flops",
+        "rf",
+        "jump",
+        "start",
+    )
     TOTALS = ("params", "macs", "flops", "activation_bytes")
 
     @property

@@ -219,8 +219,9 @@ class TrainingMemory:
         return None if self.xla is None else self.analytic / self.xla.total
 
 
-def _abstract_setup(name: str, batch: int, optimizer: str, momentum: float, input_shape=None,
-                    model_kwargs=None):  # fmt: skip
+def _abstract_setup(
+    name: str, batch: int, optimizer: str, momentum: float, input_shape=None, model_kwargs=None
+):
     info = models.model_info(name)
     model = models.create_model(name, **dict(model_kwargs or {}))
     shape = tuple(info.input_shape if input_shape is None else input_shape)

@@ -155,9 +155,15 @@ def _conv(eqn, ins):
     moves = dict(zip(dn.lhs_spec, dn.out_spec))
     windows = {
         a: (k, s, d, lo, u)
-        for a, k, s, d, (lo, _), u in zip(dn.lhs_spec[2:], kernel, p["window_strides"],
-                                          p["rhs_dilation"], p["padding"], p["lhs_dilation"])
-    }  # fmt: skip
+        for a, k, s, d, (lo, _), u in zip(
+            dn.lhs_spec[2:],
+            kernel,
+            p["window_strides"],
+            p["rhs_dilation"],
+            p["padding"],
+            p["lhs_dilation"],
+        )
+    }
     # A kernel computed from the input (never in the registry) would mix all positions.
     return [_merge([_move(ins[0], lhs, moves, windows), None if ins[1] is None else GLOBAL])]
 
@@ -166,10 +172,16 @@ def _reduce_window(eqn, ins):
     p, n = eqn.params, len(eqn.outvars)
     windows = {
         a: (k, s, d, lo, u)
-        for a, (k, s, d, (lo, _), u) in enumerate(zip(p["window_dimensions"], p["window_strides"],
-                                                      p["window_dilation"], p["padding"],
-                                                      p["base_dilation"]))
-    }  # fmt: skip
+        for a, (k, s, d, (lo, _), u) in enumerate(
+            zip(
+                p["window_dimensions"],
+                p["window_strides"],
+                p["window_dilation"],
+                p["padding"],
+                p["base_dilation"],
+            )
+        )
+    }
     moves = {a: a for a in windows}
     return [_move(ins[i], eqn.invars[i], moves, windows) for i in range(n)]
 
@@ -255,8 +267,9 @@ def _pad(eqn, ins):
     # Interior padding `i` spreads the input out: one input step is `i + 1` output steps.
     config = dict(enumerate(eqn.params["padding_config"]))
     shifts = {a: -lo / (i + 1) for a, (lo, _, i) in config.items()}
-    return [_merge([_shifted(ins[0], shifts, {a: 1 / (c[2] + 1) for a, c in config.items()}),
-                    ins[1]])]  # fmt: skip
+    return [
+        _merge([_shifted(ins[0], shifts, {a: 1 / (c[2] + 1) for a, c in config.items()}), ins[1]])
+    ]
 
 
 def _slice(eqn, ins):
@@ -302,8 +315,9 @@ def _along_axis(eqn, ins):
 
 def _dynamic_slice(eqn, ins):
     """A window at a data-dependent offset: global along the axes it cuts."""
-    cut = {a for a, (n, k) in enumerate(zip(_shape(eqn.invars[0]), eqn.params["slice_sizes"]))
-           if k < n}  # fmt: skip
+    cut = {
+        a for a, (n, k) in enumerate(zip(_shape(eqn.invars[0]), eqn.params["slice_sizes"])) if k < n
+    }
     hit = any(a.pos in cut for s in ins if s is not None for a in s.axes)
     return [GLOBAL if hit else _merge(ins)]
 

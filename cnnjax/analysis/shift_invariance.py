@@ -67,15 +67,18 @@ def make_predict(model, variables, preprocess, batch_size: int = 500) -> Callabl
         return jnp.argmax(logits, -1)
 
     def predict(images):
-        out = [np.asarray(labels(images[i : i + batch_size]))
-               for i in range(0, len(images), batch_size)]  # fmt: skip
+        out = [
+            np.asarray(labels(images[i : i + batch_size]))
+            for i in range(0, len(images), batch_size)
+        ]
         return np.concatenate(out)
 
     return predict
 
 
-def consistency(predict, images, max_shift: int = 4, mode: str = "circular", seed: int = 0,
-                trials: int = 1) -> float:  # fmt: skip
+def consistency(
+    predict, images, max_shift: int = 4, mode: str = "circular", seed: int = 0, trials: int = 1
+) -> float:
     """Fraction of images predicted alike under two independent random shifts (Zhang 2019).
 
     Args:

@@ -162,7 +162,7 @@ class ModelSummary:
             {
                 **dataclasses.asdict(r),
                 **{k: v for k, v in dataclasses.asdict(e).items() if k not in ("name", "flops")},
-            }  # fmt: skip
+            }
             for r, e in zip(self.table.rows, self.roofline.layers)
         ]
         out = {
@@ -207,10 +207,26 @@ class ModelSummary:
     def _cells(self) -> list[list[str]]:
         cells = []
         for r, e in zip(self.table.rows, self.roofline.layers):
-            values = [r.name, r.op, _shape(r.input_shape), _shape(r.output_shape), r.kernel,
-                      r.stride, r.dilation, r.groups, r.params, r.macs, r.flops,
-                      r.activation_bytes, "global" if r.rf_global else r.rf, r.jump, r.start,
-                      f"{e.intensity:.1f}", f"{e.time_s * 1e6:.2f}", e.bound]  # fmt: skip
+            values = [
+                r.name,
+                r.op,
+                _shape(r.input_shape),
+                _shape(r.output_shape),
+                r.kernel,
+                r.stride,
+                r.dilation,
+                r.groups,
+                r.params,
+                r.macs,
+                r.flops,
+                r.activation_bytes,
+                "global" if r.rf_global else r.rf,
+                r.jump,
+                r.start,
+                f"{e.intensity:.1f}",
+                f"{e.time_s * 1e6:.2f}",
+                e.bound,
+            ]
             cells.append([v if isinstance(v, str) else format_cell(v) for v in values])
         return cells
 
@@ -232,9 +248,14 @@ class ModelSummary:
         ]
         if self.memory is not None:
             m = self.memory
-            parts = [("params", m.params), ("grads", m.grads),
-                     (f"{m.optimizer} state", m.optimizer_state), ("BN stats", m.batch_stats),
-                     ("input", m.inputs), ("saved activations", m.activations)]  # fmt: skip
+            parts = [
+                ("params", m.params),
+                ("grads", m.grads),
+                (f"{m.optimizer} state", m.optimizer_state),
+                ("BN stats", m.batch_stats),
+                ("input", m.inputs),
+                ("saved activations", m.activations),
+            ]
             detail = " + ".join(f"{k} {human_bytes(v)}" for k, v in parts if v)
             lines.append(f"train memory {human_bytes(m.analytic)} at batch {b} = {detail}")
             if m.xla is not None:

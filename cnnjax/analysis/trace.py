@@ -131,10 +131,14 @@ class _Recorder:
             return None
         out = eqn.outvars[0].aval
         row = LayerRow(
-            name="", module=call.cls, output_shape=tuple(out.shape), dtype=str(out.dtype),
-            activation_bytes=math.prod(out.shape) * out.dtype.itemsize, **fields,
+            name="",
+            module=call.cls,
+            output_shape=tuple(out.shape),
+            dtype=str(out.dtype),
+            activation_bytes=math.prod(out.shape) * out.dtype.itemsize,
+            **fields,
             **self._rf(outs[0]),
-        )  # fmt: skip
+        )
         row.macs, row.flops = row.macs * mult, row.flops * mult
         # Provisional name, the op's index in this call: `rows` prefixes the module path.
         row.name = f"{row.op}_{sum(r.op == row.op for r in call.anchors)}"
@@ -147,16 +151,25 @@ class _Recorder:
             rhs, dn = eqn.invars[1].aval.shape, p["dimension_numbers"]
             macs = conv_macs(eqn)
             return dict(
-                op="conv_transpose" if max(p["lhs_dilation"]) > 1 else "conv", input_shape=shape,
-                kernel=_one(rhs[a] for a in dn.rhs_spec[2:]), stride=_one(p["window_strides"]),
-                dilation=_one(p["rhs_dilation"]), groups=p["feature_group_count"],
-                padding=tuple(tuple(x) for x in p["padding"]), macs=macs, flops=2 * macs,
-            )  # fmt: skip
+                op="conv_transpose" if max(p["lhs_dilation"]) > 1 else "conv",
+                input_shape=shape,
+                kernel=_one(rhs[a] for a in dn.rhs_spec[2:]),
+                stride=_one(p["window_strides"]),
+                dilation=_one(p["rhs_dilation"]),
+                groups=p["feature_group_count"],
+                padding=tuple(tuple(x) for x in p["padding"]),
+                macs=macs,
+                flops=2 * macs,
+            )
         if name == "dot_general":
             data = [v for v, s in zip(eqn.invars, ins) if s is not None]  # activations
             macs = dot_macs(eqn)
-            return dict(op="dense" if len(data) == 1 else "matmul", macs=macs, flops=2 * macs,
-                        input_shape=tuple((data or eqn.invars)[0].aval.shape))  # fmt: skip
+            return dict(
+                op="dense" if len(data) == 1 else "matmul",
+                macs=macs,
+                flops=2 * macs,
+                input_shape=tuple((data or eqn.invars)[0].aval.shape),
+            )
         state = ins[0] if ins else None
         if state is None or state.is_global or "Norm" in call.cls:
             return None  # constants (average pools' divisors) and normalization statistics
@@ -168,11 +181,14 @@ class _Recorder:
                 return None
             out = math.prod(eqn.outvars[0].aval.shape)
             return dict(
-                op=f"{_POOLS.get(name, 'window')}_pool", input_shape=shape, kernel=_one(window),
-                stride=_one(strides), dilation=_one(p["window_dilation"][a] for a in axes),
+                op=f"{_POOLS.get(name, 'window')}_pool",
+                input_shape=shape,
+                kernel=_one(window),
+                stride=_one(strides),
+                dilation=_one(p["window_dilation"][a] for a in axes),
                 padding=tuple(tuple(p["padding"][a]) for a in axes),
                 flops=out * math.prod(p["window_dimensions"]),
-            )  # fmt: skip
+            )
         if name in _REDUCTIONS and any(a in p["axes"] and shape[a] > 1 for a in axes):
             op = f"global_{_REDUCTIONS[name]}_pool"
             return dict(op=op, input_shape=shape, flops=math.prod(shape))
@@ -209,12 +225,16 @@ class _Recorder:
             else:
                 aval, state = call.last or (jax.ShapeDtypeStruct((0,), jnp.float32), None)
                 row = LayerRow(
-                    name=prefix or call.cls, op="norm" if "Norm" in call.cls else "elementwise",
-                    module=call.cls, input_shape=call.input_shape, output_shape=tuple(aval.shape),
-                    dtype=str(aval.dtype), flops=call.flops,
+                    name=prefix or call.cls,
+                    op="norm" if "Norm" in call.cls else "elementwise",
+                    module=call.cls,
+                    input_shape=call.input_shape,
+                    output_shape=tuple(aval.shape),
+                    dtype=str(aval.dtype),
+                    flops=call.flops,
                     activation_bytes=math.prod(aval.shape) * aval.dtype.itemsize,
                     **self._rf(state),
-                )  # fmt: skip
+                )
             if call.path not in claimed:
                 claimed.add(call.path)
                 row.params = owned.get(call.path, 0)

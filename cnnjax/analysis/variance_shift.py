@@ -50,8 +50,9 @@ def predicted_shift(kind: str, rate: float, mean: float = 0.0, var: float = 1.0)
     return train / var
 
 
-def predicted_linear_shift(kind: str, rate: float, weights, mean: float = 0.0, var: float = 1.0,
-                           corr: float = 0.0) -> float:  # fmt: skip
+def predicted_linear_shift(
+    kind: str, rate: float, weights, mean: float = 0.0, var: float = 1.0, corr: float = 0.0
+) -> float:
     """`Var_train / Var_test` of `y = w . dropout(x)` (inputs of pairwise correlation `corr`)."""
     w = np.asarray(weights, np.float64)
     s1, s2 = w.sum() ** 2, np.square(w).sum()
@@ -194,9 +195,17 @@ def reestimate_batch_stats(model, variables, batches) -> dict:
     return {**variables, "batch_stats": batch_stats}
 
 
-def simulate_toy_shift(kind: str, rate: float, mean: float = 0.0, var: float = 1.0,
-                       width: int = 1, corr: float = 0.0, steps: int = 400, batch: int = 512,
-                       seed: int = 0) -> float:  # fmt: skip
+def simulate_toy_shift(
+    kind: str,
+    rate: float,
+    mean: float = 0.0,
+    var: float = 1.0,
+    width: int = 1,
+    corr: float = 0.0,
+    steps: int = 400,
+    batch: int = 512,
+    seed: int = 0,
+) -> float:
     """Measures the toy's shift with the real layers: dropout (-> linear unit) -> `BatchNorm`.
 
     Inputs `x ~ N(mean, var)` with `width` features of pairwise correlation `corr` go through

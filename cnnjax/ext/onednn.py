@@ -89,8 +89,12 @@ def build(include: pathlib.Path, lib: pathlib.Path) -> pathlib.Path:
         raise Unavailable("no C++ compiler ($CXX or g++) to build the oneDNN extension")
     version = subprocess.run([compiler, "--version"], capture_output=True, text=True).stdout
     digest = hashlib.sha256()
-    for part in (SOURCE.read_bytes(), jax.lib.__version__.encode(), str(lib).encode(),
-                 version.encode()):  # fmt: skip
+    for part in (
+        SOURCE.read_bytes(),
+        jax.lib.__version__.encode(),
+        str(lib).encode(),
+        version.encode(),
+    ):
         digest.update(part)
     target = cache_dir() / f"onednn_conv-{digest.hexdigest()[:16]}.so"
     if target.exists():
@@ -100,9 +104,22 @@ def build(include: pathlib.Path, lib: pathlib.Path) -> pathlib.Path:
     # half-written library.
     fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
     os.close(fd)
-    command = [compiler, "-O2", "-shared", "-fPIC", "-std=c++17", "-w",
-               f"-I{jax.ffi.include_dir()}", f"-I{include}", str(SOURCE), "-o", tmp,
-               f"-L{lib}", "-l:libdnnl.so.3", f"-Wl,-rpath,{lib}"]  # fmt: skip
+    command = [
+        compiler,
+        "-O2",
+        "-shared",
+        "-fPIC",
+        "-std=c++17",
+        "-w",
+        f"-I{jax.ffi.include_dir()}",
+        f"-I{include}",
+        str(SOURCE),
+        "-o",
+        tmp,
+        f"-L{lib}",
+        "-l:libdnnl.so.3",
+        f"-Wl,-rpath,{lib}",
+    ]
     result = subprocess.run(command, capture_output=True, text=True)
     if result.returncode != 0:
         os.unlink(tmp)
@@ -194,8 +211,12 @@ def _call(kind: str, a, b, out_shape, config):
 
 def _config(strides, pads, dilation, groups) -> tuple:
     """The hashable (static) convolution settings the FFI calls and custom VJPs take."""
-    return (tuple(map(int, strides)), tuple(tuple(map(int, p)) for p in pads),
-            tuple(map(int, dilation)), int(groups))  # fmt: skip
+    return (
+        tuple(map(int, strides)),
+        tuple(tuple(map(int, p)) for p in pads),
+        tuple(map(int, dilation)),
+        int(groups),
+    )
 
 
 def _output_shape(x_shape, w_shape, strides, pads, dilation):
@@ -291,8 +312,17 @@ def _fused_backward(config, act, residuals, dy):
 _fused.defvjp(_fused_forward, _fused_backward)
 
 
-def conv2d_fused(x, kernel, bias, residual=None, act=None, strides=(1, 1),
-                 pads=((0, 0), (0, 0)), dilation=(1, 1), groups: int = 1):  # fmt: skip
+def conv2d_fused(
+    x,
+    kernel,
+    bias,
+    residual=None,
+    act=None,
+    strides=(1, 1),
+    pads=((0, 0), (0, 0)),
+    dilation=(1, 1),
+    groups: int = 1,
+):
     """`act(conv2d(x, kernel) + bias [+ residual])` as one oneDNN kernel (bias, sum and
     activation as post-ops), so the output is written once: an inference-time fusion (see
     `cnnjax.layers.fusion`).

@@ -145,9 +145,14 @@ class ConvBlock(nn.Module):
         if _accepts(self.norm, "use_running_average"):
             norm_kwargs["use_running_average"] = not train
         conv = functools.partial(
-            self.conv, features=self.features, kernel_size=self.kernel_size, strides=self.strides,
-            padding=self.padding, use_bias=use_bias, name="conv",
-        )  # fmt: skip
+            self.conv,
+            features=self.features,
+            kernel_size=self.kernel_size,
+            strides=self.strides,
+            padding=self.padding,
+            use_bias=use_bias,
+            name="conv",
+        )
         if tokens[:2] == ("conv", "bn"):  # foldable at inference (`cnnjax.layers.fusion`)
             with_act = tokens[2:3] == ("act",)
             bn = self.norm(name="bn", **norm_kwargs)

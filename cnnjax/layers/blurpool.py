@@ -179,8 +179,7 @@ class BlurPool(nn.Module):
 
     def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
         """`(N, H, W, C) -> (N, ceil(H / s), ceil(W / s), C)`."""
-        return blur_pool2d(x, self.filter_size, self.strides, self.pad_mode,
-                           layer=layer_name(self))  # fmt: skip
+        return blur_pool2d(x, self.filter_size, self.strides, self.pad_mode, layer=layer_name(self))
 
 
 class MaxBlurPool(nn.Module):
@@ -194,8 +193,15 @@ class MaxBlurPool(nn.Module):
 
     def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
         """`(N, H, W, C) -> (N, H_out, W_out, C)`, see `max_blur_pool2d`."""
-        return max_blur_pool2d(x, self.window, self.strides, self.filter_size, self.padding,
-                               self.pad_mode, layer=layer_name(self))  # fmt: skip
+        return max_blur_pool2d(
+            x,
+            self.window,
+            self.strides,
+            self.filter_size,
+            self.padding,
+            self.pad_mode,
+            layer=layer_name(self),
+        )
 
 
 class BlurAvgPool(nn.Module):
@@ -210,9 +216,16 @@ class BlurAvgPool(nn.Module):
 
     def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
         """`(N, H, W, C) -> (N, H_out, W_out, C)`, see `blur_avg_pool2d`."""
-        return blur_avg_pool2d(x, self.window, self.strides, self.filter_size, self.padding,
-                               self.pad_mode, self.count_include_pad,
-                               layer=layer_name(self))  # fmt: skip
+        return blur_avg_pool2d(
+            x,
+            self.window,
+            self.strides,
+            self.filter_size,
+            self.padding,
+            self.pad_mode,
+            self.count_include_pad,
+            layer=layer_name(self),
+        )
 
 
 class ConvBlurPool(nn.Module):
@@ -250,9 +263,14 @@ class ConvBlurPool(nn.Module):
     @nn.compact
     def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
         """`(N, H, W, C_in) -> (N, ceil(H_conv / s), ceil(W_conv / s), features)`."""
-        y = self.conv(features=self.features, kernel_size=self.kernel_size, strides=1,
-                      padding=self.padding, use_bias=self.use_bias, name="conv")(x)  # fmt: skip
+        y = self.conv(
+            features=self.features,
+            kernel_size=self.kernel_size,
+            strides=1,
+            padding=self.padding,
+            use_bias=self.use_bias,
+            name="conv",
+        )(x)
         if self.act is not None:
             y = self.act(y)
-        return blur_pool2d(y, self.filter_size, self.strides, self.pad_mode,
-                           layer=layer_name(self))  # fmt: skip
+        return blur_pool2d(y, self.filter_size, self.strides, self.pad_mode, layer=layer_name(self))

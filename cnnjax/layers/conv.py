@@ -171,10 +171,16 @@ class SeparableConv2d(nn.Module):
         """`(N, H, W, C_in) -> (N, H_out, W_out, features)`."""
         common = dict(impl=self.impl, kernel_init=self.kernel_init, precision=self.precision)
         x = DepthwiseConv2d(
-            features=x.shape[-1] * self.depth_multiplier, kernel_size=self.kernel_size,
-            strides=self.strides, padding=self.padding, dilation=self.dilation,
-            padding_mode=self.padding_mode, use_bias=False, name="depthwise", **common,
-        )(x)  # fmt: skip
+            features=x.shape[-1] * self.depth_multiplier,
+            kernel_size=self.kernel_size,
+            strides=self.strides,
+            padding=self.padding,
+            dilation=self.dilation,
+            padding_mode=self.padding_mode,
+            use_bias=False,
+            name="depthwise",
+            **common,
+        )(x)
         return Conv2d(
             self.features, 1, padding="valid", use_bias=self.use_bias, name="pointwise", **common
         )(x)
@@ -215,16 +221,32 @@ class SpatiallySeparableConv2d(nn.Module):
         )
         dh, dw = as_pair(self.dilation, "dilation")
         rows, cols = resolve_padding(self.padding, (kh, kw), (dh, dw))
-        common = dict(padding_mode=self.padding_mode, impl=self.impl,
-                      kernel_init=self.kernel_init, precision=self.precision)  # fmt: skip
+        common = dict(
+            padding_mode=self.padding_mode,
+            impl=self.impl,
+            kernel_init=self.kernel_init,
+            precision=self.precision,
+        )
         x = Conv2d(
-            self.mid_features or self.features, (kh, 1), (sh, 1), (rows, (0, 0)), (dh, 1),
-            use_bias=False, name="vertical", **common,
-        )(x)  # fmt: skip
+            self.mid_features or self.features,
+            (kh, 1),
+            (sh, 1),
+            (rows, (0, 0)),
+            (dh, 1),
+            use_bias=False,
+            name="vertical",
+            **common,
+        )(x)
         return Conv2d(
-            self.features, (1, kw), (1, sw), ((0, 0), cols), (1, dw),
-            use_bias=self.use_bias, name="horizontal", **common,
-        )(x)  # fmt: skip
+            self.features,
+            (1, kw),
+            (1, sw),
+            ((0, 0), cols),
+            (1, dw),
+            use_bias=self.use_bias,
+            name="horizontal",
+            **common,
+        )(x)
 
 
 class ConvTranspose2d(nn.Module):
@@ -267,9 +289,17 @@ class ConvTranspose2d(nn.Module):
         )
         bias = self.param("bias", self.bias_init, (self.features,)) if self.use_bias else None
         return conv_ops.conv_transpose(
-            x, kernel, bias, self.strides, self.padding, self.output_padding, self.dilation,
-            self.groups, self.precision, layer=name,
-        )  # fmt: skip
+            x,
+            kernel,
+            bias,
+            self.strides,
+            self.padding,
+            self.output_padding,
+            self.dilation,
+            self.groups,
+            self.precision,
+            layer=name,
+        )
 
 
 CONV_KINDS: dict[str, Callable[..., nn.Module]] = {

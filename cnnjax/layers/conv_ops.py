@@ -232,8 +232,10 @@ def conv_transpose(
             f"{layer}: padding {pads} removes the whole output of size {tuple(out)} for input "
             f"{x.shape}, kernel {tuple(window)}, strides {strides}, dilation {dilation}"
         )
-    full = [(d * (k - 1) - p0, d * (k - 1) - p1 + op)
-            for k, d, (p0, p1), op in zip(window, dilation, pads, extra)]  # fmt: skip
+    full = [
+        (d * (k - 1) - p0, d * (k - 1) - p1 + op)
+        for k, d, (p0, p1), op in zip(window, dilation, pads, extra)
+    ]
     dtype = jnp.result_type(x.dtype, kernel.dtype)
     y = lax.conv_general_dilated(
         x.astype(dtype),

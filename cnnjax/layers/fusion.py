@@ -123,15 +123,22 @@ def _folded(conv, norm, x, act, residual, kernel, conv_bias, pads):
     spatial = check_window(name, x.shape[1:-1], kernel.shape[:2], strides, pads, dilation)
     stats, norm_params = norm.variables["batch_stats"], norm.variables.get("params", {})
     weights, shift = fold_batchnorm(
-        kernel, conv_bias, stats["mean"], stats["var"], norm_params.get("scale"),
-        norm_params.get("bias"), norm.epsilon,
-    )  # fmt: skip
+        kernel,
+        conv_bias,
+        stats["mean"],
+        stats["var"],
+        norm_params.get("scale"),
+        norm_params.get("bias"),
+        norm.epsilon,
+    )
     fused_act = _FUSED_ACTS.get(act)
     groups = x.shape[-1] // kernel.shape[-2]
     if residual is not None:
         out = (x.shape[0], *spatial, kernel.shape[-1])
         if residual.shape != out:
-            raise ShapeError(f"{name}: residual of shape {residual.shape} cannot be added to the "
-                             f"output of shape {out}")  # fmt: skip
+            raise ShapeError(
+                f"{name}: residual of shape {residual.shape} cannot be added to the "
+                f"output of shape {out}"
+            )
     y = conv2d_fused(x, weights, shift, residual, fused_act, strides, pads, dilation, groups)
     return y if fused_act is not None or act is None else act(y)

@@ -274,10 +274,16 @@ class BatchNorm(nn.Module):
         if self.use_bias:
             bias = self.param("bias", self.bias_init, features, self.param_dtype)
         y, mean, var = batch_norm(
-            x, ra_mean.value, ra_var.value, scale, bias, train=not use_running_average,
-            momentum=self.momentum, epsilon=self.epsilon,
+            x,
+            ra_mean.value,
+            ra_var.value,
+            scale,
+            bias,
+            train=not use_running_average,
+            momentum=self.momentum,
+            epsilon=self.epsilon,
             unbiased_running_var=self.unbiased_running_var,
-        )  # fmt: skip
+        )
         if not use_running_average and not self.is_initializing():
             ra_mean.value, ra_var.value = mean, var
         return y.astype(self.dtype or x.dtype)

@@ -136,8 +136,9 @@ def _identity(dtype, op: str) -> jnp.ndarray:
 
 def _reduce(x: jnp.ndarray, plan: PoolWindow, op: str) -> jnp.ndarray:
     reducer = lax.max if op == "max" else lax.min
-    return lax.reduce_window(x, _identity(x.dtype, op), reducer, plan.dims, plan.strides,
-                             plan.pads, None, plan.dilation)  # fmt: skip
+    return lax.reduce_window(
+        x, _identity(x.dtype, op), reducer, plan.dims, plan.strides, plan.pads, None, plan.dilation
+    )
 
 
 def _as_float(x: jnp.ndarray) -> jnp.ndarray:
@@ -404,8 +405,15 @@ class MaxPool2d(nn.Module):
 
     def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
         """`(N, H, W, C) -> (N, H_out, W_out, C)`."""
-        return max_pool2d(x, self.window, self.strides, self.padding, self.dilation,
-                          self.ceil_mode, layer=layer_name(self))  # fmt: skip
+        return max_pool2d(
+            x,
+            self.window,
+            self.strides,
+            self.padding,
+            self.dilation,
+            self.ceil_mode,
+            layer=layer_name(self),
+        )
 
 
 class MinPool2d(MaxPool2d):
@@ -413,8 +421,15 @@ class MinPool2d(MaxPool2d):
 
     def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
         """`(N, H, W, C) -> (N, H_out, W_out, C)`."""
-        return min_pool2d(x, self.window, self.strides, self.padding, self.dilation,
-                          self.ceil_mode, layer=layer_name(self))  # fmt: skip
+        return min_pool2d(
+            x,
+            self.window,
+            self.strides,
+            self.padding,
+            self.dilation,
+            self.ceil_mode,
+            layer=layer_name(self),
+        )
 
 
 class AvgPool2d(nn.Module):
@@ -428,8 +443,15 @@ class AvgPool2d(nn.Module):
 
     def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
         """`(N, H, W, C) -> (N, H_out, W_out, C)`."""
-        return avg_pool2d(x, self.window, self.strides, self.padding, self.count_include_pad,
-                          self.ceil_mode, layer=layer_name(self))  # fmt: skip
+        return avg_pool2d(
+            x,
+            self.window,
+            self.strides,
+            self.padding,
+            self.count_include_pad,
+            self.ceil_mode,
+            layer=layer_name(self),
+        )
 
 
 class LPPool2d(nn.Module):
@@ -443,8 +465,15 @@ class LPPool2d(nn.Module):
 
     def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
         """`(N, H, W, C) -> (N, H_out, W_out, C)`."""
-        return lp_pool2d(x, self.p, self.window, self.strides, self.ceil_mode,
-                         padding=self.padding, layer=layer_name(self))  # fmt: skip
+        return lp_pool2d(
+            x,
+            self.p,
+            self.window,
+            self.strides,
+            self.ceil_mode,
+            padding=self.padding,
+            layer=layer_name(self),
+        )
 
 
 class GlobalAvgPool(nn.Module):

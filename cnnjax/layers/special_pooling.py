@@ -127,8 +127,15 @@ class StochasticPool2d(nn.Module):
         """`(N, H, W, C) -> (N, H_out, W_out, C)`: a sample, or the expectation if deterministic."""
         deterministic = nn.merge_param("deterministic", self.deterministic, deterministic)
         key = None if deterministic else self.make_rng(self.rng_collection)
-        return stochastic_pool2d(x, self.window, self.strides, key, not deterministic,
-                                 padding=self.padding, layer=layer_name(self))  # fmt: skip
+        return stochastic_pool2d(
+            x,
+            self.window,
+            self.strides,
+            key,
+            not deterministic,
+            padding=self.padding,
+            layer=layer_name(self),
+        )
 
 
 def _scores(module: nn.Module, x: jnp.ndarray, init: Callable[..., Any]) -> jnp.ndarray:

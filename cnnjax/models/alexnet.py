@@ -163,9 +163,13 @@ class AlexNet(nn.Module):
         for i, layer in enumerate(spec.layers, start=1):
             grouped = {"groups": self.groups} if layer.split and self.groups > 1 else {}
             x = self.conv(
-                features=layer.features, kernel_size=layer.kernel, strides=layer.stride,
-                padding=layer.padding, name=f"conv{i}", **grouped,
-            )(x)  # fmt: skip
+                features=layer.features,
+                kernel_size=layer.kernel,
+                strides=layer.stride,
+                padding=layer.padding,
+                name=f"conv{i}",
+                **grouped,
+            )(x)
             x = self.act(x)
             normalize = layer.norm and self.norm is not None
             if normalize and spec.norm_before_pool:

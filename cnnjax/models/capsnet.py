@@ -213,9 +213,17 @@ class CapsNet(nn.Module):
     reconstruct: bool = True
 
     def _check_fields(self) -> None:
-        for name in ("num_classes", "conv1_features", "conv1_kernel", "primary_channels",
-                     "primary_dim", "primary_kernel", "primary_stride", "class_dim",
-                     "routing_iterations"):  # fmt: skip
+        for name in (
+            "num_classes",
+            "conv1_features",
+            "conv1_kernel",
+            "primary_channels",
+            "primary_dim",
+            "primary_kernel",
+            "primary_stride",
+            "class_dim",
+            "routing_iterations",
+        ):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ConfigError(f"CapsNet {name} must be a positive integer, got {value!r}")
@@ -255,20 +263,29 @@ class CapsNet(nn.Module):
         self._check_fields()
         self._check_input(x)
         stem = self.act(
-            self.conv(features=self.conv1_features, kernel_size=self.conv1_kernel,
-                      padding="valid", name="conv1")(x)
-        )  # fmt: skip
+            self.conv(
+                features=self.conv1_features,
+                kernel_size=self.conv1_kernel,
+                padding="valid",
+                name="conv1",
+            )(x)
+        )
         maps = self.conv(
-            features=self.primary_channels * self.primary_dim, kernel_size=self.primary_kernel,
-            strides=self.primary_stride, padding="valid", name="primary_caps",
-        )(stem)  # fmt: skip
+            features=self.primary_channels * self.primary_dim,
+            kernel_size=self.primary_kernel,
+            strides=self.primary_stride,
+            padding="valid",
+            name="primary_caps",
+        )(stem)
         # Channels [t*d, (t+1)*d) at one position form the capsule of type t; no ReLU before the
         # squash, which is PrimaryCaps' only nonlinearity.
         primary = squash(maps.reshape(x.shape[0], -1, self.primary_dim))
         weights = self.param(
-            "class_caps_kernel", self.caps_init,
-            (primary.shape[1], self.num_classes, self.primary_dim, self.class_dim), x.dtype,
-        )  # fmt: skip
+            "class_caps_kernel",
+            self.caps_init,
+            (primary.shape[1], self.num_classes, self.primary_dim, self.class_dim),
+            x.dtype,
+        )
         u_hat = jnp.einsum("nid,ikde->nike", primary, weights)
         class_caps, coupling = dynamic_routing(
             u_hat, self.routing_iterations, self.routing_stop_gradient

@@ -85,8 +85,12 @@ class ConvNeXtBlock(nn.Module):
     @nn.compact
     def __call__(self, x: jnp.ndarray, train: bool) -> jnp.ndarray:
         channels = x.shape[-1]
-        y = self.depthwise_conv(features=channels, kernel_size=self.kernel_size,
-                                padding=self.kernel_size // 2, name="dwconv")(x)  # fmt: skip
+        y = self.depthwise_conv(
+            features=channels,
+            kernel_size=self.kernel_size,
+            padding=self.kernel_size // 2,
+            name="dwconv",
+        )(x)
         y = _bind_train(self.norm, train)(name="norm")(y)
         y = nn.Dense(self.expansion * channels, kernel_init=_INIT, name="pwconv1")(y)
         y = nn.Dense(channels, kernel_init=_INIT, name="pwconv2")(self.act(y))
@@ -165,8 +169,13 @@ class ConvNeXt(nn.Module):
         for s, (depth, dim) in enumerate(zip(depths, dims, strict=True), start=1):
             if s > 1:
                 y = norm(name=f"stage{s}_downsample_norm")(y)
-                y = self.conv(features=dim, kernel_size=2, strides=2, padding=0,
-                              name=f"stage{s}_downsample_conv")(y)  # fmt: skip
+                y = self.conv(
+                    features=dim,
+                    kernel_size=2,
+                    strides=2,
+                    padding=0,
+                    name=f"stage{s}_downsample_conv",
+                )(y)
             for b in range(1, depth + 1):
                 y = ConvNeXtBlock(
                     drop_path=next(rates),

@@ -179,21 +179,33 @@ class DenseNet(nn.Module):
     def __call__(self, x: jnp.ndarray, train: bool = False):
         self._check()
         if self.stem == "imagenet":
-            y = self.conv(features=self.num_init_features, kernel_size=7, strides=2, padding=3,
-                          name="stem_conv")(x)  # fmt: skip
+            y = self.conv(
+                features=self.num_init_features,
+                kernel_size=7,
+                strides=2,
+                padding=3,
+                name="stem_conv",
+            )(x)
             y = self.act(self.norm(use_running_average=not train, name="stem_bn")(y))
             y = self.pool(y)
         else:
-            y = self.conv(features=self.num_init_features, kernel_size=3, padding=1,
-                          name="stem_conv")(x)  # fmt: skip
+            y = self.conv(
+                features=self.num_init_features, kernel_size=3, padding=1, name="stem_conv"
+            )(x)
         intermediates = {"stem": y}
         # `train` is a Python bool that selects BN's mode: static under `jax.checkpoint`.
         layer_class = (
             nn.remat(DenseLayer, static_argnums=(2,)) if self.memory_efficient else DenseLayer
         )
-        layer = functools.partial(layer_class, growth_rate=self.growth_rate, bn_size=self.bn_size,
-                                  dropout_rate=self.dropout_rate, conv=self.conv,
-                                  norm=self.norm, act=self.act)  # fmt: skip
+        layer = functools.partial(
+            layer_class,
+            growth_rate=self.growth_rate,
+            bn_size=self.bn_size,
+            dropout_rate=self.dropout_rate,
+            conv=self.conv,
+            norm=self.norm,
+            act=self.act,
+        )
         for block, num_layers in enumerate(self.block_config, start=1):
             if self.memory_efficient:
                 features = [y]

@@ -204,14 +204,20 @@ class GoogLeNet(nn.Module):
                 x = self.pool(x, window=window, strides=2, padding=0, ceil_mode=True)
             for name in names:
                 x = InceptionModule(
-                    GOOGLENET_MODULES[name], block, self.pool, self.wide_kernel,
+                    GOOGLENET_MODULES[name],
+                    block,
+                    self.pool,
+                    self.wide_kernel,
                     name=f"inception{name}",
-                )(x, train)  # fmt: skip
+                )(x, train)
                 if name in GOOGLENET_AUX and self.aux_logits and (train or self.is_initializing()):
                     aux = GoogLeNetAux(
-                        self.num_classes, block, self.act, self.aux_dropout_rate,
+                        self.num_classes,
+                        block,
+                        self.act,
+                        self.aux_dropout_rate,
                         name=GOOGLENET_AUX[name],
-                    )(x, train)  # fmt: skip
+                    )(x, train)
                     if train:
                         features[GOOGLENET_AUX[name]] = aux
             features[f"stage{stage}"] = x
@@ -320,8 +326,9 @@ class BNInception(nn.Module):
         features = {"stem": x}
         for stage, names in enumerate(BN_INCEPTION_STAGES, start=1):
             for name in names:
-                x = BNInceptionModule(tuple(modules[name]), block, self.pool,
-                                      name=f"inception{name}")(x, train)  # fmt: skip
+                x = BNInceptionModule(
+                    tuple(modules[name]), block, self.pool, name=f"inception{name}"
+                )(x, train)
             features[f"stage{stage}"] = x
         x = global_avg_pool(x)
         features["pre_logits"] = x

@@ -145,9 +145,12 @@ class LeNet5(nn.Module):
             # init=True only while initializing: in apply, Flax would otherwise run the conv on
             # the stored compact kernel whenever any collection (e.g. batch_stats) is mutable.
             c3_conv = nn.map_variables(
-                self.conv, "params", trans_in_fn=to_full, trans_out_fn=to_compact,
+                self.conv,
+                "params",
+                trans_in_fn=to_full,
+                trans_out_fn=to_compact,
                 init=self.is_initializing(),
-            )  # fmt: skip
+            )
         c3 = self.act(c3_conv(features=16, kernel_size=5, padding="valid", name="c3")(s2))
         s4 = self.pool(c3)
         c5 = self.act(self.conv(features=120, kernel_size=5, padding="valid", name="c5")(s4))

@@ -157,9 +157,15 @@ class NiN(nn.Module):
         for i, block in enumerate(spec, start=1):
             widths = (block.width, *(self.num_classes if w is None else w for w in block.mlp))
             x = MlpConv(
-                block.kernel, widths, block.stride, block.padding, self.conv, self.norm, self.act,
+                block.kernel,
+                widths,
+                block.stride,
+                block.padding,
+                self.conv,
+                self.norm,
+                self.act,
                 name=f"block{i}",
-            )(x, train)  # fmt: skip
+            )(x, train)
             if i == 1:
                 intermediates["stem"] = x
             if i < len(spec):

@@ -117,7 +117,7 @@ class BasicBlock(nn.Module):
             raise ConfigError(
                 unknown_choice(
                     "block dropout position", self.dropout_position, BLOCK_DROPOUT_POSITIONS
-                )  # fmt: skip
+                )
             )
 
         def drop(y, position):

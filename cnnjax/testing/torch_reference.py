@@ -40,8 +40,9 @@ def _cifar_models():
         def __init__(self, depth=20, num_classes=10):
             super().__init__()
             n = (depth - 2) // 6
-            self.stem = nn.Sequential(nn.Conv2d(3, 16, 3, 1, 1, bias=False), nn.BatchNorm2d(16),
-                                      nn.ReLU())  # fmt: skip
+            self.stem = nn.Sequential(
+                nn.Conv2d(3, 16, 3, 1, 1, bias=False), nn.BatchNorm2d(16), nn.ReLU()
+            )
             blocks, cin = [], 16
             for stage, width in enumerate((16, 32, 64)):
                 for i in range(n):
@@ -121,8 +122,9 @@ def _torchvision_models():
     import torchvision
 
     names = ["mobilenet_v2", "resnet18", "resnet50", "densenet121", "vgg16_bn", "convnext_tiny"]
-    return {n: (lambda classes, n=n: getattr(torchvision.models, n)(num_classes=classes))
-            for n in names}  # fmt: skip
+    return {
+        n: (lambda classes, n=n: getattr(torchvision.models, n)(num_classes=classes)) for n in names
+    }
 
 
 def create_torch_model(name: str, num_classes: int):

@@ -156,8 +156,14 @@ def train(
     state = create_train_state(model, tx, input_shape, config.seed)
 
     mean, std = _channel_stats(spec, input_shape[-1])
-    preprocess = Preprocess(mean, std, config.augment.crop_padding, config.augment.pad_mode,
-                            config.augment.flip, config.data.normalize)  # fmt: skip
+    preprocess = Preprocess(
+        mean,
+        std,
+        config.augment.crop_padding,
+        config.augment.pad_mode,
+        config.augment.flip,
+        config.data.normalize,
+    )
     train_step, eval_step = jit_steps(preprocess, config.label_smoothing, loss)
 
     os.makedirs(workdir, exist_ok=True)
@@ -170,17 +176,31 @@ def train(
         with open(os.path.join(workdir, "config.json"), "w") as f:
             json.dump(checkpoints.config, f, indent=2)
         writer = MetricWriter(workdir, resume_step=start_step)
-        print_progress(f"{config.model}: {_count(state.params):,} parameters; "
-                       f"{len(train_source):,} training examples of {config.dataset}; "
-                       f"{num_steps} steps of {config.batch_size}")  # fmt: skip
+        print_progress(
+            f"{config.model}: {_count(state.params):,} parameters; "
+            f"{len(train_source):,} training examples of {config.dataset}; "
+            f"{num_steps} steps of {config.batch_size}"
+        )
         if start_step:
             print_progress(f"resumed from step {start_step} ({checkpoints.latest_dir})")
 
-        batches = train_batches(train_source, config.batch_size, config.seed, start_step,
-                                config.data.num_workers, config.data.prefetch)  # fmt: skip
+        batches = train_batches(
+            train_source,
+            config.batch_size,
+            config.seed,
+            start_step,
+            config.data.num_workers,
+            config.data.prefetch,
+        )
         interval = _Interval(config.batch_size)
-        bar = tqdm(total=num_steps, initial=start_step, desc=config.model, dynamic_ncols=True,
-                   disable=None if config.progress else True, leave=False)  # fmt: skip
+        bar = tqdm(
+            total=num_steps,
+            initial=start_step,
+            desc=config.model,
+            dynamic_ncols=True,
+            disable=None if config.progress else True,
+            leave=False,
+        )
         last_good = checkpoints.latest_step
         result = None  # the last step is always evaluated in the loop; a finished run is not
         for step in range(start_step + 1, num_steps + 1):
@@ -191,8 +211,11 @@ def train(
                 summary = interval.flush(last_good, checkpoints.latest_dir)
                 summary["lr"] = float(lr_schedule(step - 1))
                 writer.write(step, "train", summary)
-                bar.set_postfix(loss=f"{summary['loss']:.4f}", acc=f"{summary['accuracy']:.3f}",
-                                img_s=f"{summary['images_per_sec']:.0f}")  # fmt: skip
+                bar.set_postfix(
+                    loss=f"{summary['loss']:.4f}",
+                    acc=f"{summary['accuracy']:.3f}",
+                    img_s=f"{summary['images_per_sec']:.0f}",
+                )
                 print_progress(f"step {step}/{num_steps} train " + _fmt(summary))
             if _is_due(step, config.eval_every, num_steps):
                 interval.flush(last_good, checkpoints.latest_dir)
