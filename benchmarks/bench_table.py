@@ -10,14 +10,14 @@ entry of `ENTRIES` in one process, and writes the markdown table with the JSON r
 
 from __future__ import annotations
 
-import argparse
 import json
 import pathlib
 import sys
 
-import jax
+from absl import flags
 
-from cnnjax import bench
+from cnnjax import bench, cli
+from cnnjax.errors import ConfigError, unknown_choice
 
 DEFAULT_OUT = pathlib.Path(__file__).resolve().parent / "results" / "bench_cpu.md"
 # (model, batch, input shape, classes): the CIFAR-sized networks of issue 7.
@@ -29,15 +29,24 @@ ENTRIES = [
 ]
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--impl", default="auto", choices=["auto", "xla", "onednn"])
-    parser.add_argument("--models", default=",".join(e[0] for e in ENTRIES))
-    parser.add_argument("--windows", type=int, default=5)
-    parser.add_argument("--steps", type=int, default=3)
-    parser.add_argument("--out", type=pathlib.Path, default=DEFAULT_OUT)
-    args = parser.parse_args(argv)
+def define_flags() -> None:
+    """The command's flags (defined when it runs, so that importing this module defines none)."""
+    flags.DEFINE_enum("impl", "auto", ["auto", "xla", "onednn"], "Convolution kernels.")
+    flags.DEFINE_string("models", ",".join(e[0] for e in ENTRIES), "Comma-separated ENTRIES.")
+    flags.DEFINE_integer("windows", 5, "Timed windows (the median is reported).")
+    flags.DEFINE_integer("steps", 3, "Steps per timed window.")
+    flags.DEFINE_string("out", str(DEFAULT_OUT), "Markdown table (the JSON records beside it).")
+
+
+def main() -> int:
+    args = flags.FLAGS
+    out = pathlib.Path(args.out)
     chosen = args.models.split(",")
+    unknown = [name for name in chosen if name not in [e[0] for e in ENTRIES]]
+    if unknown:
+        raise ConfigError(unknown_choice("model of ENTRIES", unknown[0], [e[0] for e in ENTRIES]))
+    import jax  # heavy imports after the command line's errors are reported
+
     records = []
     for name, batch, shape, classes in ENTRIES:
         if name not in chosen:
@@ -69,12 +78,13 @@ def main(argv=None) -> int:
             f"{r['jax_eval_ips']:.1f} | {r['torch_eval_ips']:.1f} | **{r['eval_ratio']:.2f}** | "
             f"{r['compile_s']:.1f} | {r['train_gflops']:.1f} |"
         )
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text("\n".join(lines) + "\n")
-    args.out.with_suffix(".jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
-    print(f"wrote {args.out}", file=sys.stderr)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text("\n".join(lines) + "\n")
+    out.with_suffix(".jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    print(f"wrote {out}", file=sys.stderr)
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    define_flags()
+    cli.run(main)

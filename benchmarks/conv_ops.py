@@ -14,7 +14,6 @@ PyTorch is skipped when it is not installed.
 
 from __future__ import annotations
 
-import argparse
 import os
 import pathlib
 import platform
@@ -22,11 +21,10 @@ import statistics
 import sys
 import time
 
-import jax
-import jax.numpy as jnp
-from jax import lax
+from absl import flags
 
-from cnnjax.ext import onednn
+from cnnjax import cli
+from cnnjax.errors import ConfigError, unknown_choice
 
 DEFAULT_OUT = pathlib.Path(__file__).resolve().parent / "results" / "conv_ops.md"
 # name: (N, H, W, C_in, C_out, kernel, stride, groups)
@@ -56,6 +54,9 @@ def median_seconds(fn, repeats: int) -> float:
 
 
 def jax_passes(conv, x, w) -> dict:
+    import jax  # heavy imports after the command line's errors are reported (also in main)
+    import jax.numpy as jnp
+
     forward = jax.jit(conv)
     y = forward(x, w)
     dy = jnp.ones_like(y)
@@ -96,12 +97,23 @@ def torch_passes(torch, n, h, w_, cin, cout, k, stride, groups) -> dict:
             "forward_with_grad": forward_with_grad}  # fmt: skip
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--cases", default=",".join(CASES))
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--out", type=pathlib.Path, default=DEFAULT_OUT)
-    args = parser.parse_args(argv)
+def define_flags() -> None:
+    """The command's flags (defined when it runs, so that importing this module defines none)."""
+    flags.DEFINE_list("cases", list(CASES), "Comma-separated names of CASES.")
+    flags.DEFINE_integer("repeats", 5, "Timed calls per pass (the median is reported).")
+    flags.DEFINE_string("out", str(DEFAULT_OUT), "Markdown table.")
+
+
+def main() -> int:
+    args = flags.FLAGS
+    unknown = [name for name in args.cases if name not in CASES]
+    if unknown:
+        raise ConfigError(unknown_choice("case", unknown[0], CASES))
+    import jax  # heavy imports after the command line's errors are reported
+    from jax import lax
+
+    from cnnjax.ext import onednn
+
     try:
         import torch
 
@@ -109,7 +121,7 @@ def main(argv=None) -> int:
     except ImportError:
         torch = None
     rows = []
-    for name in args.cases.split(","):
+    for name in args.cases:
         n, h, w_, cin, cout, k, stride, groups = CASES[name]
         pads = ((k // 2, k // 2),) * 2
         out = (h + 2 * (k // 2) - k) // stride + 1
@@ -160,11 +172,13 @@ def main(argv=None) -> int:
         "| --- | --- | ---: | ---: | ---: | ---: |",
         *rows,
     ]
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text("\n".join(lines) + "\n")
-    print(f"wrote {args.out}", file=sys.stderr)
+    out = pathlib.Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text("\n".join(lines) + "\n")
+    print(f"wrote {out}", file=sys.stderr)
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    define_flags()
+    cli.run(main)

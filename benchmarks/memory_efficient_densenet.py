@@ -10,20 +10,24 @@ its results on this machine.
 
 from __future__ import annotations
 
-import argparse
-import sys
+from absl import flags
 
-from cnnjax import bench, models
-from cnnjax.analysis.memory import training_memory
+from cnnjax import bench, cli
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="densenet_bc_100")
-    parser.add_argument("--batch", type=int, default=64)
-    parser.add_argument("--windows", type=int, default=5)
-    parser.add_argument("--steps", type=int, default=3)
-    args = parser.parse_args(argv)
+def define_flags() -> None:
+    """The command's flags (defined when it runs, so that importing this module defines none)."""
+    flags.DEFINE_string("model", "densenet_bc_100", "A DenseNet of the registry.")
+    flags.DEFINE_integer("batch", 64, "Images per step.", lower_bound=1)
+    flags.DEFINE_integer("windows", 5, "Timed windows (the median is reported).")
+    flags.DEFINE_integer("steps", 3, "Steps per timed window.")
+
+
+def main() -> int:
+    from cnnjax import models  # heavy imports after the command line's errors are reported
+    from cnnjax.analysis.memory import training_memory
+
+    args = flags.FLAGS
     info = models.model_info(args.model)
     shape, classes = tuple(info.input_shape), 10 if info.input_shape[0] == 32 else 1000
     runners, facts = {}, {}
@@ -47,4 +51,5 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    define_flags()
+    cli.run(main)

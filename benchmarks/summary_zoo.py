@@ -13,32 +13,42 @@ nothing is compiled).
 
 from __future__ import annotations
 
-import argparse
 import pathlib
 import platform
 import sys
 import time
 
-import jax
+from absl import flags
 
-from cnnjax import models
-from cnnjax.analysis.summary import human_bytes, human_count, summarize
+from cnnjax import cli
+from cnnjax.errors import ConfigError
 
 DEFAULT_OUT = pathlib.Path(__file__).resolve().parent / "results" / "summary_zoo.md"
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models", default="*", help="shell pattern of registry names")
-    parser.add_argument("--batch", type=int, default=32)
-    parser.add_argument("--device", default="a100")
-    parser.add_argument("--precision", default=None)
-    parser.add_argument("--out", type=pathlib.Path, default=DEFAULT_OUT)
-    parser.add_argument("--note", default="", help="appended to the page's description")
-    args = parser.parse_args(argv)
+def define_flags() -> None:
+    """The command's flags (defined when it runs, so that importing this module defines none)."""
+    flags.DEFINE_string("models", "*", "Shell pattern of registry names.")
+    flags.DEFINE_integer("batch", 32, "Batch size of the memory and the roofline.", lower_bound=1)
+    flags.DEFINE_string("device", "a100", "Device profile or alias.")
+    flags.DEFINE_string("precision", None, "Device peak: float32 (default), tf32, bf16, fp16.")
+    flags.DEFINE_string("out", str(DEFAULT_OUT), "Markdown table.")
+    flags.DEFINE_string("note", "", "Appended to the page's description.")
 
+
+def main() -> int:
+    import jax  # heavy imports after the command line's errors are reported
+
+    from cnnjax import models
+    from cnnjax.analysis.summary import human_bytes, human_count, summarize
+
+    args = flags.FLAGS
+
+    names = models.list_models(args.models)
+    if not names:
+        raise ConfigError(f"no registry model matches --models={args.models!r}")
     rows, seconds = [], []
-    for name in models.list_models(args.models):
+    for name in names:
         began = time.perf_counter()
         s = summarize(name, batch=args.batch, device=args.device, precision=args.precision)
         seconds.append(time.perf_counter() - began)
@@ -72,11 +82,13 @@ def main(argv=None) -> int:
         "| --- | ---: | ---: | ---: | ---: | ---: | ---: | --- | ---: |",
         *rows,
     ]
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text("\n".join(lines) + "\n")
-    print(f"wrote {args.out}", file=sys.stderr)
+    out = pathlib.Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text("\n".join(lines) + "\n")
+    print(f"wrote {out}", file=sys.stderr)
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    define_flags()
+    cli.run(main)

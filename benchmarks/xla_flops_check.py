@@ -13,15 +13,13 @@ the whole zoo on a CPU.
 
 from __future__ import annotations
 
-import argparse
 import pathlib
-import sys
 import time
 
-import jax
+from absl import flags
 
-from cnnjax import models
-from cnnjax.analysis.xla_check import analytic_vs_xla
+from cnnjax import cli
+from cnnjax.errors import ConfigError
 
 DEFAULT_OUT = pathlib.Path(__file__).resolve().parent / "results" / "xla_flops_check.md"
 
@@ -30,15 +28,25 @@ def _g(flops: float) -> str:
     return f"{flops / 1e6:,.3f}"
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models", default="*", help="shell pattern of registry names")
-    parser.add_argument("--batch", type=int, default=1)
-    parser.add_argument("--compiled", action="store_true", help="compiled cost analysis (slow)")
-    parser.add_argument("--out", type=pathlib.Path, default=DEFAULT_OUT)
-    args = parser.parse_args(argv)
+def define_flags() -> None:
+    """The command's flags (defined when it runs, so that importing this module defines none)."""
+    flags.DEFINE_string("models", "*", "Shell pattern of registry names.")
+    flags.DEFINE_integer("batch", 1, "Batch size of the forward pass.", lower_bound=1)
+    flags.DEFINE_bool("compiled", False, "Compiled cost analysis (slow).")
+    flags.DEFINE_string("out", str(DEFAULT_OUT), "Markdown table.")
+
+
+def main() -> int:
+    import jax  # heavy imports after the command line's errors are reported
+
+    from cnnjax import models
+    from cnnjax.analysis.xla_check import analytic_vs_xla
+
+    args = flags.FLAGS
 
     names = models.list_models(args.models)
+    if not names:
+        raise ConfigError(f"no registry model matches --models={args.models!r}")
     checks, start = [], time.time()
     for name in names:
         began = time.time()
@@ -94,11 +102,13 @@ def main(argv=None) -> int:
         ),
         "",
     ]
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text("\n".join(lines))
-    print(f"wrote {args.out} ({len(checks)} models, {time.time() - start:.0f} s)")
+    out = pathlib.Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text("\n".join(lines))
+    print(f"wrote {out} ({len(checks)} models, {time.time() - start:.0f} s)")
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    define_flags()
+    cli.run(main)

@@ -27,22 +27,26 @@ import resource
 import statistics
 import time
 
-from absl import app, flags, logging
+from absl import flags
 
-from cnnjax.errors import CnnjaxError, ConfigError, fail
+from cnnjax import cli
+from cnnjax.errors import CnnjaxError, ConfigError
 
-_MODEL = flags.DEFINE_string("model", None, "Registry name.")
-_BATCH = flags.DEFINE_integer("batch_size", 128, "Images per step.")
-_INPUT = flags.DEFINE_string("input", None, "H,W,C (default: the model's input shape).")
-_CLASSES = flags.DEFINE_integer("num_classes", None, "Output classes (default: the model's).")
-_COMPARE = flags.DEFINE_enum("compare", None, ["torch"], "Also measure the PyTorch twin.")
-_IMPL = flags.DEFINE_enum("impl", "auto", ["auto", "xla", "onednn"], "Convolution kernels.")
-_WINDOWS = flags.DEFINE_integer("windows", 5, "Timed windows (the median is reported).")
-_STEPS = flags.DEFINE_integer("steps", 4, "Steps per timed window.")
-_THREADS = flags.DEFINE_integer("threads", None, "PyTorch threads (default: os.cpu_count()).")
-_JSON = flags.DEFINE_bool("json", False, "Print one JSON object.")
-flags.mark_flag_as_required("model")
-flags.DEFINE_alias("batch-size", "batch_size")
+
+def define_flags() -> None:
+    """The command's flags (defined when it runs: benchmarks/*.py import this module's functions
+    and define flags of their own)."""
+    flags.DEFINE_string("model", None, "Registry name.")
+    flags.DEFINE_integer("batch_size", 128, "Images per step.")
+    flags.DEFINE_string("input", None, "H,W,C (default: the model's input shape).")
+    flags.DEFINE_integer("num_classes", None, "Output classes (default: the model's).")
+    flags.DEFINE_enum("compare", None, ["torch"], "Also measure the PyTorch twin.")
+    flags.DEFINE_enum("impl", "auto", ["auto", "xla", "onednn"], "Convolution kernels.")
+    flags.DEFINE_integer("windows", 5, "Timed windows (the median is reported).")
+    flags.DEFINE_integer("steps", 4, "Steps per timed window.")
+    flags.DEFINE_integer("threads", None, "PyTorch threads (default: os.cpu_count()).")
+    flags.DEFINE_bool("json", False, "Print one JSON object.")
+    flags.DEFINE_alias("batch-size", "batch_size")
 
 
 def median_ips(runners: dict, batch: int, windows: int, steps: int) -> dict[str, float]:
@@ -248,23 +252,21 @@ def render(r: dict) -> str:
     return "\n".join(lines)
 
 
-def main(argv):
-    if not flags.FLAGS["verbosity"].present:
-        logging.set_verbosity(logging.WARNING)
-    if len(argv) > 1:
-        fail(f"unexpected arguments {argv[1:]}")
-    from cnnjax.analysis.summary import parse_shape
+def main() -> None:
+    from cnnjax.analysis.summary import parse_shape  # heavy imports after flag errors
 
+    f = flags.FLAGS
     try:
-        result = run(_MODEL.value, _BATCH.value, parse_shape(_INPUT.value), _COMPARE.value,
-                     _IMPL.value, _WINDOWS.value, _STEPS.value, _THREADS.value,
-                     _CLASSES.value)  # fmt: skip
-    except CnnjaxError as error:
-        fail(str(error))
+        result = run(f.model, f.batch_size, parse_shape(f.input), f.compare,
+                     f.impl, f.windows, f.steps, f.threads,
+                     f.num_classes)  # fmt: skip
     except ImportError as error:
-        fail(f"{error}; --compare torch needs PyTorch: pip install -e '.[ref]'")
-    print(json.dumps(result) if _JSON.value else render(result))
+        raise CnnjaxError(
+            f"{error}; --compare torch needs PyTorch: pip install -e '.[ref]'"
+        ) from error
+    print(json.dumps(result) if f.json else render(result))
 
 
 if __name__ == "__main__":
-    app.run(main)
+    define_flags()
+    cli.run(main, required=["model"])

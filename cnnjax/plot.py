@@ -6,16 +6,25 @@ accuracy on the right, against the training step).
 
 from __future__ import annotations
 
-import argparse
 import os
-import sys
 
-from cnnjax.train.metrics import read_metrics
+from absl import flags
+
+from cnnjax import cli
+from cnnjax.errors import DataError
+
+
+def define_flags() -> None:
+    """The command's flags (defined when it runs, so that importing this module defines none)."""
+    flags.DEFINE_string("out", None, "PNG path (default: WORKDIR/curves.png).")
 
 
 def plot_run(workdir: str, out: str | None = None) -> str:
     """Saves the curves of `workdir` as a PNG and returns its path."""
     import matplotlib
+
+    # Heavy imports here, after the command line's errors are reported.
+    from cnnjax.train.metrics import read_metrics
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -42,19 +51,12 @@ def plot_run(workdir: str, out: str | None = None) -> str:
     return out
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("workdir", help="run folder holding metrics.jsonl")
-    parser.add_argument("--out", help="PNG path (default: WORKDIR/curves.png)")
-    args = parser.parse_args(argv)
-    if not os.path.exists(os.path.join(args.workdir, "metrics.jsonl")):
-        print(
-            f"error: no metrics.jsonl in {args.workdir}; is it a training workdir?", file=sys.stderr
-        )
-        return 2
-    print(plot_run(args.workdir, args.out))
-    return 0
+def main(workdir: str) -> None:
+    if not os.path.exists(os.path.join(workdir, "metrics.jsonl")):
+        raise DataError(f"no metrics.jsonl in {workdir}; is it a training workdir?")
+    print(plot_run(workdir, flags.FLAGS.out))
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    define_flags()
+    cli.run(main, arguments=["WORKDIR"])

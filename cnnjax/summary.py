@@ -14,55 +14,44 @@ one `error:` line and exit with status 2.
 
 import json
 
-from absl import app, flags, logging
+from absl import flags
 
-from cnnjax.errors import CnnjaxError, fail
-
-_MODEL = flags.DEFINE_string("model", None, "Registry name (cnnjax.models.list_models()).")
-_INPUT = flags.DEFINE_string(
-    "input", None, "One example's shape, H,W,C (or L,C); default: the model's."
-)
-_BATCH = flags.DEFINE_integer("batch", 1, "Batch size of the table, the memory and the roofline.")
-_DEVICE = flags.DEFINE_string(
-    "device", "a100", "Device profile or alias, or 'measured' (this machine)."
-)
-_PRECISION = flags.DEFINE_string(
-    "precision", None, "Device peak: float32 (default), tf32, bf16, fp16."
-)
-_OPTIMIZER = flags.DEFINE_string(
-    "optimizer", "sgd", "Optimizer of the memory estimate: sgd, adam, adamw."
-)
-_MAX_ROWS = flags.DEFINE_integer("max_rows", None, "Elide the middle of longer tables.")
-_XLA_MEMORY = flags.DEFINE_bool(
-    "xla_memory", False, "Also compile the train step for XLA's memory analysis (slow)."
-)
-_JSON = flags.DEFINE_bool("json", False, "Print one JSON object instead of the text report.")
-flags.mark_flag_as_required("model")
+from cnnjax import cli
 
 
-def main(argv):
-    if not flags.FLAGS["verbosity"].present:
-        logging.set_verbosity(logging.WARNING)  # keep jax's backend probing out of the report
-    if len(argv) > 1:
-        fail(f"unexpected arguments {argv[1:]}")
-    if _BATCH.value < 1:
-        fail(f"--batch={_BATCH.value} must be at least 1")
+def define_flags() -> None:
+    """The command's flags (defined when it runs, so that importing this module defines none)."""
+    flags.DEFINE_string("model", None, "Registry name (cnnjax.models.list_models()).")
+    flags.DEFINE_string("input", None, "One example's shape, H,W,C (or L,C); default: the model's.")
+    flags.DEFINE_integer(
+        "batch", 1, "Batch size of the table, the memory and the roofline.", lower_bound=1
+    )
+    flags.DEFINE_string("device", "a100", "Device profile or alias, or 'measured' (this machine).")
+    flags.DEFINE_string("precision", None, "Device peak: float32 (default), tf32, bf16, fp16.")
+    flags.DEFINE_string("optimizer", "sgd", "Optimizer of the memory estimate: sgd, adam, adamw.")
+    flags.DEFINE_integer("max_rows", None, "Elide the middle of longer tables.")
+    flags.DEFINE_bool(
+        "xla_memory", False, "Also compile the train step for XLA's memory analysis (slow)."
+    )
+    flags.DEFINE_bool("json", False, "Print one JSON object instead of the text report.")
+
+
+def main() -> None:
     from cnnjax.analysis.summary import parse_shape, summarize  # heavy imports after flag errors
 
-    try:
-        result = summarize(
-            _MODEL.value,
-            input_shape=parse_shape(_INPUT.value),
-            batch=_BATCH.value,
-            device=_DEVICE.value,
-            precision=_PRECISION.value,
-            optimizer=_OPTIMIZER.value,
-            compile_memory=_XLA_MEMORY.value,
-        )
-    except CnnjaxError as error:
-        fail(str(error))
-    print(json.dumps(result.to_dict()) if _JSON.value else result.render(_MAX_ROWS.value))
+    f = flags.FLAGS
+    result = summarize(
+        f.model,
+        input_shape=parse_shape(f.input),
+        batch=f.batch,
+        device=f.device,
+        precision=f.precision,
+        optimizer=f.optimizer,
+        compile_memory=f.xla_memory,
+    )
+    print(json.dumps(result.to_dict()) if f.json else result.render(f.max_rows))
 
 
 if __name__ == "__main__":
-    app.run(main)
+    define_flags()
+    cli.run(main, required=["model"])

@@ -11,20 +11,17 @@ images/s); the 150-step smoke run of the same network on MNIST reached 94.68%
 (experiments/results/smoke_zoo.md).
 """
 
-from cnnjax.train.config import base_config
+from configs.common import adam_cosine_config, variant
 
 
 def get_config(arg=None):
-    del arg
-    c = base_config()
+    variant(arg)  # no variants
+    c = adam_cosine_config(lr=1e-3)
     c.model = "capsnet"
     c.dataset = "mnist"
     c.data.normalize = False
     c.batch_size = 128
     c.num_epochs = 3.0
-    c.optimizer.name = "adam"
-    c.optimizer.lr = 1e-3
-    c.schedule.name = "cosine"
     c.augment.crop_padding = 2  # shifts of up to 2 pixels, zero padded (Sec. 5)
     c.log_every = 100
     c.eval_every = 469  # every epoch

@@ -7,19 +7,16 @@ The 8x8 digits (1,438 train / 359 test, a fixed per-class 80/20 split) are resiz
 Measured result: README "Results".
 """
 
-from cnnjax.train.config import base_config
+from configs.common import adam_cosine_config, variant
 
 
 def get_config(arg=None):
-    del arg
-    c = base_config()
+    variant(arg)  # no variants
+    c = adam_cosine_config(lr=2e-3)
     c.model = "lenet5"
     c.dataset = "digits"
     c.batch_size = 64
     c.num_epochs = 80.0
-    c.optimizer.name = "adam"
-    c.optimizer.lr = 2e-3
-    c.schedule.name = "cosine"
     c.augment.crop_padding = 2  # +-2 pixel translations at 32x32 (half a pixel of the 8x8 digit)
     c.log_every = 200
     c.eval_every = 450  # about every 20 epochs

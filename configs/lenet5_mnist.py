@@ -8,19 +8,17 @@ with a cosine schedule and +-2 pixel translations. LeCun et al. 1998 report 0.95
 `--config=configs/lenet5_mnist.py:classic` trains the 1998 form (tanh, average subsampling).
 """
 
-from cnnjax.train.config import base_config
+from configs.common import adam_cosine_config, variant
+
+MODELS = {"modern": "lenet5", "classic": "lenet5_classic"}
 
 
 def get_config(arg=None):
-    c = base_config()
-    c.model = "lenet5_classic" if arg == "classic" else "lenet5"
+    c = adam_cosine_config(lr=2e-3, warmup_steps=200)
+    c.model = MODELS[variant(arg, MODELS, "modern")]
     c.dataset = "mnist"
     c.batch_size = 128
     c.num_epochs = 15.0
-    c.optimizer.name = "adam"
-    c.optimizer.lr = 2e-3
-    c.schedule.name = "cosine"
-    c.schedule.warmup_steps = 200
     c.augment.crop_padding = 2
     c.log_every = 200
     c.eval_every = 1000

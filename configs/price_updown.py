@@ -12,18 +12,17 @@ signal is regime persistence, so even an oracle that knows the regime reaches on
 1,000 steps at lr 1e-3 fell to ~58% test accuracy.
 """
 
-from cnnjax.train.config import base_config
+from configs.common import adam_cosine_config, variant
+
+MODELS = ("cnn1d", "tcn1d")  # the registry's 1-D models
 
 
 def get_config(arg=None):
-    c = base_config()
-    c.model = arg or "cnn1d"
+    c = adam_cosine_config(lr=3e-3)
+    c.model = variant(arg, MODELS, "cnn1d")
     c.dataset = "price_updown"
     c.batch_size = 128
     c.num_steps = 300
-    c.optimizer.name = "adam"
-    c.optimizer.lr = 3e-3
-    c.schedule.name = "cosine"
     c.log_every = 50
     c.eval_every = 100
     c.checkpoint_every = 100

@@ -14,33 +14,17 @@ results on it as "CIFAR-10 (JPEG q75 copy)"). With TFDS's real cifar10 prepared 
 add `--config.dataset=cifar10`.
 """
 
-from cnnjax.train.config import base_config
+from configs.common import cifar_sgd_config, variant
 
-LENGTHS = {
-    "paper": dict(num_steps=64_000, boundaries=(32_000, 48_000)),
-    "short": dict(num_steps=3_000, boundaries=(1_500, 2_250)),
-}
+LENGTHS = {"paper": 64_000, "short": 3_000}  # steps; lr / 10 at 50% and 75% of them
 
 
 def get_config(arg="paper"):
-    arg = arg or "paper"
-    if arg not in LENGTHS:
-        raise ValueError(f"unknown variant {arg!r} (valid choices: {', '.join(LENGTHS)})")
-    c = base_config()
+    arg = variant(arg, LENGTHS, "paper")
+    # Batch 128, SGD 0.9 at lr 0.1, 4-pixel zero padding + crop + flip; the paper's weight decay.
+    c = cifar_sgd_config(LENGTHS[arg], batch_size=128, lr=0.1, paper_schedule=True)
+    c.optimizer.update(weight_decay=1e-4, decay_mask="all")
     c.model = "resnet20"
-    c.dataset = "cifar10_jpeg"
-    c.batch_size = 128
-    c.num_steps = LENGTHS[arg]["num_steps"]
-    c.optimizer.name = "sgd"
-    c.optimizer.lr = 0.1
-    c.optimizer.momentum = 0.9
-    c.optimizer.weight_decay = 1e-4
-    c.schedule.name = "piecewise"
-    c.schedule.boundaries = LENGTHS[arg]["boundaries"]
-    c.schedule.decay_factor = 0.1
-    c.augment.crop_padding = 4
-    c.augment.pad_mode = "zeros"
-    c.augment.flip = True
     c.log_every = 100
     c.eval_every = 1000 if arg == "short" else 4000
     c.checkpoint_every = 500 if arg == "short" else 2000

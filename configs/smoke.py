@@ -12,8 +12,7 @@ ZFNet 64x64, the paper-layout AlexNet 67x67, Inception v3 75x75 without its auxi
 experiments/results/smoke_zoo.md.
 """
 
-from cnnjax.errors import ConfigError, unknown_choice
-from cnnjax.train.config import base_config
+from configs.common import adam_cosine_config, variant
 
 _CIFAR = dict(dataset="cifar10_jpeg", num_steps=300, batch_size=32, lr=1e-3)
 _CIFAR_UP = dict(_CIFAR, fit="resize")  # upsampled to what the ImageNet stem needs
@@ -57,11 +56,9 @@ SMOKE: dict[str, dict] = {
 
 
 def get_config(arg=None):
-    name = arg or "lenet5_classic"
-    if name not in SMOKE:
-        raise ConfigError(unknown_choice("smoke model", name, SMOKE))
+    name = variant(arg, SMOKE, "lenet5_classic")
     recipe = SMOKE[name]
-    c = base_config()
+    c = adam_cosine_config(lr=recipe["lr"], warmup_steps=recipe["num_steps"] // 20)
     c.model = name
     c.dataset = recipe["dataset"]
     c.input_shape = recipe.get("input_shape", ())
@@ -71,10 +68,6 @@ def get_config(arg=None):
     c.data.cache = False  # read (and resize) only the examples the few hundred steps use
     c.batch_size = recipe["batch_size"]
     c.num_steps = recipe["num_steps"]
-    c.optimizer.name = "adam"
-    c.optimizer.lr = recipe["lr"]
-    c.schedule.name = "cosine"
-    c.schedule.warmup_steps = c.num_steps // 20
     c.log_every = 50
     c.eval_every = 0
     c.checkpoint_every = c.num_steps

@@ -7,7 +7,9 @@ import platform
 
 import jax
 import numpy as np
+from absl import flags
 
+from cnnjax import cli
 from cnnjax.data import eval_batches
 
 
@@ -44,24 +46,12 @@ def launch(run, config_help: str) -> None:
 
     Flags are defined here, when a driver runs as `__main__`, so that importing drivers (tests,
     notebooks) defines none. `run(config, workdir)` returns the results page, which is printed.
+    Errors are one `error:` line (`cnnjax.cli`); an interrupted experiment resumes when rerun.
     """
-    from absl import app, flags, logging
-    from ml_collections import config_flags
-
-    from cnnjax.errors import CnnjaxError, fail
-
-    config = config_flags.DEFINE_config_file("config", None, config_help)
+    config = cli.config_file(config_help)
     workdir = flags.DEFINE_string("workdir", None, "Experiment folder (one subfolder per run).")
-    flags.mark_flags_as_required(["config", "workdir"])
-
-    def main(argv):
-        if not flags.FLAGS["verbosity"].present:
-            logging.set_verbosity(logging.WARNING)  # orbax logs every checkpoint at INFO
-        if len(argv) > 1:
-            fail(f"unexpected arguments {argv[1:]}; use --config.key=value to change the config")
-        try:
-            print(run(config.value, workdir.value))
-        except CnnjaxError as error:
-            fail(str(error))
-
-    app.run(main)
+    cli.run(
+        lambda: print(run(config.value, workdir.value)),
+        required=["config", "workdir"],
+        on_interrupt=cli.RESUME,
+    )

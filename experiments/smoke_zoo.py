@@ -18,12 +18,19 @@ import pathlib
 import sys
 import time
 
-from absl import app, flags, logging
+from absl import flags
+
+from cnnjax import cli
+from cnnjax.errors import ConfigError, unknown_choice
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-_MODELS = flags.DEFINE_list("models", None, "Models to run (default: every entry of SMOKE).")
-_WORKDIR = flags.DEFINE_string("workdir", "runs/smoke", "Parent folder of the runs.")
-_OUT = flags.DEFINE_string("out", "experiments/results/smoke_zoo", "Output path prefix.")
+
+
+def define_flags() -> None:
+    """The command's flags (defined when it runs, so that importing this module defines none)."""
+    flags.DEFINE_list("models", None, "Models to run (default: every entry of SMOKE).")
+    flags.DEFINE_string("workdir", "runs/smoke", "Parent folder of the runs.")
+    flags.DEFINE_string("out", "experiments/results/smoke_zoo", "Output path prefix.")
 
 
 def load_smoke():
@@ -91,12 +98,13 @@ def markdown(records: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def main(argv):
-    del argv
-    logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
+def main() -> int:
     smoke = load_smoke()
-    names = _MODELS.value or list(smoke.SMOKE)
-    out = pathlib.Path(_OUT.value)
+    names = flags.FLAGS.models or list(smoke.SMOKE)
+    unknown = [name for name in names if name not in smoke.SMOKE]
+    if unknown:  # before hours of training the others
+        raise ConfigError(unknown_choice("smoke model", unknown[0], smoke.SMOKE))
+    out = pathlib.Path(flags.FLAGS.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     records_path = out.with_suffix(".jsonl")
     done = {}
@@ -106,7 +114,7 @@ def main(argv):
         if name in done:
             print(f"{name}: done before ({100 * done[name]['test_accuracy']:.2f}%)", flush=True)
             continue
-        record = run_one(smoke, name, os.path.join(_WORKDIR.value, name))
+        record = run_one(smoke, name, os.path.join(flags.FLAGS.workdir, name))
         done[name] = record
         with open(records_path, "a") as f:
             f.write(json.dumps(record) + "\n")
@@ -120,4 +128,5 @@ def main(argv):
 
 if __name__ == "__main__":
     sys.path.insert(0, str(ROOT))
-    app.run(main)
+    define_flags()
+    cli.run(main, on_interrupt=cli.RESUME)

@@ -73,35 +73,6 @@ def base_config() -> ml_collections.ConfigDict:
     return c
 
 
-def cifar_sgd_config(
-    num_steps: int,
-    batch_size: int = 128,
-    dataset: str = "cifar10_jpeg",
-    lr: float = 0.1,
-    paper_schedule: bool = False,
-) -> ml_collections.ConfigDict:
-    """The ablations' CIFAR recipe: SGD 0.9, weight decay 5e-4 on kernels, pad-4 crop + flip.
-
-    The schedule is cosine with a 1/16 warmup, or with `paper_schedule` He et al.'s lr / 10 at
-    50% and 75% of `num_steps` (32k and 48k of 64k). Logs 8 times and checkpoints 4 times a run,
-    evaluates only at the end; the model and its fields are the caller's to set.
-    """
-    c = base_config()
-    c.dataset = dataset
-    c.batch_size = batch_size
-    c.num_steps = num_steps
-    c.optimizer.update(name="sgd", lr=lr, momentum=0.9, weight_decay=5e-4, decay_mask="kernels")
-    if paper_schedule:
-        c.schedule.update(name="piecewise", boundaries=(num_steps // 2, num_steps * 3 // 4))
-    else:
-        c.schedule.update(name="cosine", warmup_steps=max(1, num_steps // 16))
-    c.augment.update(crop_padding=4, flip=True)
-    c.log_every = max(1, num_steps // 8)
-    c.eval_every = 0
-    c.checkpoint_every = max(1, num_steps // 4)
-    return c
-
-
 def schema_defaults() -> dict:
     """`{dotted key: default}` of every field of `base_config()`, e.g. `{"optimizer.lr": 1e-3}`."""
     return flatten(base_config().to_dict())

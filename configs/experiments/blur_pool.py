@@ -18,7 +18,7 @@ striding, the baseline); "-noaug" trains without random crops and flips.
 
 import ml_collections
 
-from cnnjax.train.config import cifar_sgd_config
+from configs.common import cifar_sgd_config, variant
 
 _CPU_ARMS = ("resnet20-blur1,resnet20-blur2,resnet20-blur3,resnet20-blur5,vgg-blur1,vgg-blur2,"
              "vgg-blur3,vgg-blur5,resnet20-blur1-noaug,resnet20-blur3-noaug")  # fmt: skip
@@ -35,9 +35,7 @@ SIZES = {
 
 
 def get_config(arg="smoke"):
-    arg = arg or "smoke"
-    if arg not in SIZES:
-        raise ValueError(f"unknown size {arg!r} (valid choices: {', '.join(SIZES)})")
+    arg = variant(arg, SIZES, "smoke")
     size = SIZES[arg]
     c = ml_collections.ConfigDict()
     c.size = arg

@@ -18,7 +18,7 @@ for kind "gaussian" or "uniform" (Li et al.'s Uout, rate = beta).
 
 import ml_collections
 
-from cnnjax.train.config import cifar_sgd_config
+from configs.common import cifar_sgd_config, variant
 
 SIZES = {
     "smoke": dict(dataset="synthetic", width=4, steps=8, batch=16, seeds=(0,), measure=32,
@@ -34,9 +34,7 @@ SIZES = {
 
 
 def get_config(arg="smoke"):
-    arg = arg or "smoke"
-    if arg not in SIZES:
-        raise ValueError(f"unknown size {arg!r} (valid choices: {', '.join(SIZES)})")
+    arg = variant(arg, SIZES, "smoke")
     size = SIZES[arg]
     c = ml_collections.ConfigDict()
     c.size = arg
