@@ -51,8 +51,16 @@ def main() -> int:
     for name, batch, shape, classes in ENTRIES:
         if name not in chosen:
             continue
-        record = bench.run(name, batch, shape, compare="torch", impl=args.impl,
-                           windows=args.windows, steps=args.steps, num_classes=classes)  # fmt: skip
+        record = bench.run(
+            name,
+            batch,
+            shape,
+            compare="torch",
+            impl=args.impl,
+            windows=args.windows,
+            steps=args.steps,
+            num_classes=classes,
+        )
         print(bench.render(record), flush=True)
         records.append(record)
     first = records[0]

@@ -93,8 +93,12 @@ def torch_passes(torch, n, h, w_, cin, cout, k, stride, groups) -> dict:
         with torch.enable_grad():
             F.conv2d(xg, wg, None, stride, pad, 1, groups)
 
-    return {"forward": forward, "input_grad": input_grad, "kernel_grad": kernel_grad,
-            "forward_with_grad": forward_with_grad}  # fmt: skip
+    return {
+        "forward": forward,
+        "input_grad": input_grad,
+        "kernel_grad": kernel_grad,
+        "forward_with_grad": forward_with_grad,
+    }
 
 
 def define_flags() -> None:
@@ -131,9 +135,14 @@ def main() -> int:
         w = jax.random.normal(key[1], (k, k, cin // groups, cout))
 
         def native(x, w, stride=stride, pads=pads, groups=groups):
-            return lax.conv_general_dilated(x, w, (stride, stride), pads,
-                                            dimension_numbers=("NHWC", "HWIO", "NHWC"),
-                                            feature_group_count=groups)  # fmt: skip
+            return lax.conv_general_dilated(
+                x,
+                w,
+                (stride, stride),
+                pads,
+                dimension_numbers=("NHWC", "HWIO", "NHWC"),
+                feature_group_count=groups,
+            )
 
         def ours(x, w, stride=stride, pads=pads, groups=groups):
             return onednn.conv2d(x, w, (stride, stride), pads, (1, 1), groups)
@@ -141,20 +150,27 @@ def main() -> int:
         impls = {"xla": jax_passes(native, x, w)}
         if onednn.available():
             impls["onednn"] = jax_passes(ours, x, w)
-        seconds = {impl: {p: median_seconds(f, args.repeats) for p, f in passes.items()}
-                   for impl, passes in impls.items()}  # fmt: skip
+        seconds = {
+            impl: {p: median_seconds(f, args.repeats) for p, f in passes.items()}
+            for impl, passes in impls.items()
+        }
         if torch is not None:
             passes = torch_passes(torch, n, h, w_, cin, cout, k, stride, groups)
             t = {p: median_seconds(f, args.repeats) for p, f in passes.items()}
             base = t.pop("forward_with_grad")
-            seconds["torch"] = {"forward": t["forward"],
-                                "input_grad": max(t["input_grad"] - base, 1e-9),
-                                "kernel_grad": max(t["kernel_grad"] - base, 1e-9)}  # fmt: skip
+            seconds["torch"] = {
+                "forward": t["forward"],
+                "input_grad": max(t["input_grad"] - base, 1e-9),
+                "kernel_grad": max(t["kernel_grad"] - base, 1e-9),
+            }
         cells = []
         for p in ("forward", "input_grad", "kernel_grad"):
             rates = {impl: flops / s[p] / 1e9 for impl, s in seconds.items()}
-            cells.append(" / ".join(f"{rates[i]:.1f}" if i in rates else "-"
-                                    for i in ("onednn", "xla", "torch")))  # fmt: skip
+            cells.append(
+                " / ".join(
+                    f"{rates[i]:.1f}" if i in rates else "-" for i in ("onednn", "xla", "torch")
+                )
+            )
         shape = f"{n}x{h}x{w_}x{cin} -> {cout}, {k}x{k}/{stride}, groups {groups}"
         rows.append(f"| {name} | {shape} | {flops / 1e9:.2f} | " + " | ".join(cells) + " |")
         print(rows[-1], flush=True)

@@ -43,9 +43,11 @@ def main() -> int:
     print(f"{args.model}, batch {args.batch}, training step (SGD momentum):")
     for efficient in (False, True):
         f = facts[efficient]
-        print(f"  memory_efficient={efficient!s:5}: {ips[efficient]:7.1f} img/s, XLA step memory "
-              f"{f['xla_train_step_bytes'] / 2**20:8.1f} MiB, analytic saved activations "
-              f"{f['saved_activations_mib']:8.1f} MiB, compile {f['compile_s']:.1f} s")  # fmt: skip
+        print(
+            f"  memory_efficient={efficient!s:5}: {ips[efficient]:7.1f} img/s, XLA step memory "
+            f"{f['xla_train_step_bytes'] / 2**20:8.1f} MiB, analytic saved activations "
+            f"{f['saved_activations_mib']:8.1f} MiB, compile {f['compile_s']:.1f} s"
+        )
     print(f"  speed ratio efficient / default: {ips[True] / ips[False]:.2f}")
     return 0
 

@@ -123,10 +123,14 @@ def prepare_jax(name, input_shape, batch, num_classes, impl, model_kwargs=None):
     facts = {
         "params": sum(p.size for p in jax.tree.leaves(state.params)),
         "compile_s": compile_s,
-        "xla_train_step_bytes": int(memory.argument_size_in_bytes + memory.output_size_in_bytes
-                                    - memory.alias_size_in_bytes + memory.temp_size_in_bytes),
+        "xla_train_step_bytes": int(
+            memory.argument_size_in_bytes
+            + memory.output_size_in_bytes
+            - memory.alias_size_in_bytes
+            + memory.temp_size_in_bytes
+        ),
         "peak_rss_mb": peak_rss_mb(),
-    }  # fmt: skip
+    }
     return facts, {"train": train, "eval": evaluate}
 
 
@@ -165,8 +169,17 @@ def prepare_torch(name, input_shape, batch, num_classes, threads) -> tuple[dict,
     return facts, {"train": train, "eval": evaluate}
 
 
-def run(name, batch, input_shape=None, compare=None, impl="auto", windows=5, steps=4,
-        threads=None, num_classes=None) -> dict:  # fmt: skip
+def run(
+    name,
+    batch,
+    input_shape=None,
+    compare=None,
+    impl="auto",
+    windows=5,
+    steps=4,
+    threads=None,
+    num_classes=None,
+) -> dict:
     """The benchmark as a dict (what `--json` prints); see the module docstring."""
     import jax
 
@@ -182,8 +195,9 @@ def run(name, batch, input_shape=None, compare=None, impl="auto", windows=5, ste
     ours, jax_runners = prepare_jax(name, input_shape, batch, num_classes, impl)
     runners = {"jax_train": jax_runners["train"]}
     if compare == "torch":
-        twin, torch_runners = prepare_torch(name, input_shape, batch, num_classes,
-                                            threads or os.cpu_count())  # fmt: skip
+        twin, torch_runners = prepare_torch(
+            name, input_shape, batch, num_classes, threads or os.cpu_count()
+        )
         runners["torch_train"] = torch_runners["train"]
     runners["jax_eval"] = jax_runners["eval"]
     if compare == "torch":
@@ -257,9 +271,17 @@ def main() -> None:
 
     f = flags.FLAGS
     try:
-        result = run(f.model, f.batch_size, parse_shape(f.input), f.compare,
-                     f.impl, f.windows, f.steps, f.threads,
-                     f.num_classes)  # fmt: skip
+        result = run(
+            f.model,
+            f.batch_size,
+            parse_shape(f.input),
+            f.compare,
+            f.impl,
+            f.windows,
+            f.steps,
+            f.threads,
+            f.num_classes,
+        )
     except ImportError as error:
         raise CnnjaxError(
             f"{error}; --compare torch needs PyTorch: pip install -e '.[ref]'"

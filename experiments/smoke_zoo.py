@@ -83,9 +83,15 @@ def passes(record: dict) -> bool:
 
 def markdown(records: list[dict]) -> str:
     header = (
-        "model", "data (input)", "steps x batch", "train loss (first -> last 50 steps)",
-        "test acc", "img/s", "wall", "ok",
-    )  # fmt: skip
+        "model",
+        "data (input)",
+        "steps x batch",
+        "train loss (first -> last 50 steps)",
+        "test acc",
+        "img/s",
+        "wall",
+        "ok",
+    )
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for r in records:
         shape = "x".join(str(d) for d in r["input_shape"])

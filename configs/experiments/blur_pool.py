@@ -20,8 +20,10 @@ import ml_collections
 
 from configs.common import cifar_sgd_config, variant
 
-_CPU_ARMS = ("resnet20-blur1,resnet20-blur2,resnet20-blur3,resnet20-blur5,vgg-blur1,vgg-blur2,"
-             "vgg-blur3,vgg-blur5,resnet20-blur1-noaug,resnet20-blur3-noaug")  # fmt: skip
+_CPU_ARMS = (
+    "resnet20-blur1,resnet20-blur2,resnet20-blur3,resnet20-blur5,vgg-blur1,vgg-blur2,"
+    "vgg-blur3,vgg-blur5,resnet20-blur1-noaug,resnet20-blur3-noaug"
+)
 SIZES = {
     "smoke": dict(dataset="synthetic", resnet_width=4, vgg_width=0.0625, steps=8, batch=16,
                   seeds=(0,), consistency=32, curve=16, arms="resnet20-blur3,vgg-blur3-noaug"),

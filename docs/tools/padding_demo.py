@@ -38,8 +38,13 @@ def render_padding_demo(path: str, image: np.ndarray | None = None, amount: int 
 
         image = load_digits().images[0] / 16.0
     image = np.asarray(image, np.float32)
-    modes = [("zeros", 0.0), ("constant", 0.5), ("reflect", 0.0), ("replicate", 0.0),
-             ("circular", 0.0)]  # fmt: skip
+    modes = [
+        ("zeros", 0.0),
+        ("constant", 0.5),
+        ("reflect", 0.0),
+        ("replicate", 0.0),
+        ("circular", 0.0),
+    ]
     figure, axes = plt.subplots(1, len(modes), figsize=(3 * len(modes), 3.3))
     for axis, (mode, value) in zip(axes, modes):
         padded = pad(jnp.asarray(image)[None, :, :, None], amount, mode, value)[0, :, :, 0]

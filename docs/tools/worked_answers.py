@@ -122,32 +122,62 @@ def output_sizes() -> list[Answer]:
     conv = functools.partial(functools.partial, Conv2d, 4)
     pool = functools.partial(functools.partial, Pool)
     return [
-        Answer("LeNet-5 C1: 5x5 conv, no padding, on 32x32", _size([conv(5, padding=0)], 32),
-               28, "LeCun et al. 1998, Sec. II-B (C1: 28x28 feature maps)"),
-        Answer("'same' 3x3 conv, padding 1, on 56x56", _size([conv(3, padding=1)], 56), 56,
-               "Simonyan & Zisserman 2015, Sec. 2.1 (padding 1 keeps the resolution)"),
-        Answer("ResNet stem: 7x7 conv, stride 2, padding 3, on 224x224",
-               _size([conv(7, strides=2, padding=3)], 224, 3), 112,
-               "He et al. 2016, Table 1 (conv1: 112x112)"),
-        Answer("then 3x3 max pool, stride 2, padding 1", _size(
-            [pool(functools.partial(max_pool2d, window=3, strides=2, padding=1))], 112), 56,
-               "He et al. 2016, Table 1 (conv2_x: 56x56)"),
-        Answer("AlexNet conv1: 11x11, stride 4, no padding, on 227x227",
-               _size([conv(11, strides=4, padding=0)], 227, 3), 55,
-               "Krizhevsky et al. 2012, Fig. 2 (55x55x96; the paper's 224 gives (224-11)/4+1 "
-               "= 54.25, hence the 227 every reimplementation uses)"),
-        Answer("same on 224x224 (floor of 54.25)", _size([conv(11, strides=4, padding=0)], 224, 3),
-               None, "no published figure: the paper's inconsistency"),
-        Answer("GoogLeNet 3x3/2 max pool in ceil mode on 112x112", _size(
-            [pool(functools.partial(max_pool2d, window=3, strides=2, ceil_mode=True))], 112), 56,
-               "Szegedy et al. 2015, Table 1 (max pool 3x3/2: 56x56); floor mode gives 55"),
-        Answer("3x3 conv, dilation 2, padding 2, on 64x64",
-               _size([conv(3, dilation=2, padding=2)], 64), 64,
-               "Yu & Koltun 2016, Sec. 2 (dilation keeps the resolution)"),
-        Answer("transposed 4x4 conv, stride 2, padding 1, on 7x7", _size(
-            [functools.partial(ConvTranspose2d, 4, 4, strides=2, padding=1)], 7), 14,
-               "Dumoulin & Visin 2016, Relationship 14: o' = s(i' - 1) + k - 2p"),
-    ]  # fmt: skip
+        Answer(
+            "LeNet-5 C1: 5x5 conv, no padding, on 32x32",
+            _size([conv(5, padding=0)], 32),
+            28,
+            "LeCun et al. 1998, Sec. II-B (C1: 28x28 feature maps)",
+        ),
+        Answer(
+            "'same' 3x3 conv, padding 1, on 56x56",
+            _size([conv(3, padding=1)], 56),
+            56,
+            "Simonyan & Zisserman 2015, Sec. 2.1 (padding 1 keeps the resolution)",
+        ),
+        Answer(
+            "ResNet stem: 7x7 conv, stride 2, padding 3, on 224x224",
+            _size([conv(7, strides=2, padding=3)], 224, 3),
+            112,
+            "He et al. 2016, Table 1 (conv1: 112x112)",
+        ),
+        Answer(
+            "then 3x3 max pool, stride 2, padding 1",
+            _size([pool(functools.partial(max_pool2d, window=3, strides=2, padding=1))], 112),
+            56,
+            "He et al. 2016, Table 1 (conv2_x: 56x56)",
+        ),
+        Answer(
+            "AlexNet conv1: 11x11, stride 4, no padding, on 227x227",
+            _size([conv(11, strides=4, padding=0)], 227, 3),
+            55,
+            "Krizhevsky et al. 2012, Fig. 2 (55x55x96; the paper's 224 gives (224-11)/4+1 "
+            "= 54.25, hence the 227 every reimplementation uses)",
+        ),
+        Answer(
+            "same on 224x224 (floor of 54.25)",
+            _size([conv(11, strides=4, padding=0)], 224, 3),
+            None,
+            "no published figure: the paper's inconsistency",
+        ),
+        Answer(
+            "GoogLeNet 3x3/2 max pool in ceil mode on 112x112",
+            _size([pool(functools.partial(max_pool2d, window=3, strides=2, ceil_mode=True))], 112),
+            56,
+            "Szegedy et al. 2015, Table 1 (max pool 3x3/2: 56x56); floor mode gives 55",
+        ),
+        Answer(
+            "3x3 conv, dilation 2, padding 2, on 64x64",
+            _size([conv(3, dilation=2, padding=2)], 64),
+            64,
+            "Yu & Koltun 2016, Sec. 2 (dilation keeps the resolution)",
+        ),
+        Answer(
+            "transposed 4x4 conv, stride 2, padding 1, on 7x7",
+            _size([functools.partial(ConvTranspose2d, 4, 4, strides=2, padding=1)], 7),
+            14,
+            "Dumoulin & Visin 2016, Relationship 14: o' = s(i' - 1) + k - 2p",
+        ),
+    ]
 
 
 def _row(table: LayerTable, name: str):
@@ -160,17 +190,34 @@ def conv_parameters() -> list[Answer]:
     depthwise = trace([functools.partial(Conv2d, 32, 3, groups=32)], (8, 8, 32))
     grouped = trace([functools.partial(Conv2d, 256, 5, groups=2)], (27, 27, 96))
     return [
-        Answer("AlexNet conv1: 96 of 11x11x3, bias", _row(alexnet, "conv1").params, 34_944,
-               "(11*11*3 + 1) * 96; Krizhevsky et al. 2012, Fig. 2 (96 kernels of 11x11x3)"),
-        Answer("AlexNet conv2 split over 2 GPUs (groups=2): 256 of 5x5x48", grouped.params,
-               307_456, "(5*5*48 + 1) * 256; Krizhevsky et al. 2012, Sec. 3.5"),
-        Answer("VGG-16 conv1_2: 64 of 3x3x64", _row(vgg, "conv1_2").params, 36_928,
-               "(3*3*64 + 1) * 64"),
-        Answer("3x3 depthwise conv on 32 channels (groups=32)", depthwise.params, 320,
-               "(3*3*1 + 1) * 32; Howard et al. 2017, Sec. 3.1"),
-        Answer("VGG-16, all layers", vgg.params, 138_357_544,
-               "Simonyan & Zisserman 2015, Table 2 (138M); torchvision's count"),
-    ]  # fmt: skip
+        Answer(
+            "AlexNet conv1: 96 of 11x11x3, bias",
+            _row(alexnet, "conv1").params,
+            34_944,
+            "(11*11*3 + 1) * 96; Krizhevsky et al. 2012, Fig. 2 (96 kernels of 11x11x3)",
+        ),
+        Answer(
+            "AlexNet conv2 split over 2 GPUs (groups=2): 256 of 5x5x48",
+            grouped.params,
+            307_456,
+            "(5*5*48 + 1) * 256; Krizhevsky et al. 2012, Sec. 3.5",
+        ),
+        Answer(
+            "VGG-16 conv1_2: 64 of 3x3x64", _row(vgg, "conv1_2").params, 36_928, "(3*3*64 + 1) * 64"
+        ),
+        Answer(
+            "3x3 depthwise conv on 32 channels (groups=32)",
+            depthwise.params,
+            320,
+            "(3*3*1 + 1) * 32; Howard et al. 2017, Sec. 3.1",
+        ),
+        Answer(
+            "VGG-16, all layers",
+            vgg.params,
+            138_357_544,
+            "Simonyan & Zisserman 2015, Table 2 (138M); torchvision's count",
+        ),
+    ]
 
 
 def receptive_fields() -> list[Answer]:
@@ -180,17 +227,29 @@ def receptive_fields() -> list[Answer]:
     for d, expected in zip((1, 2, 4), (3, 7, 15)):
         layers.append(functools.partial(Conv2d, 1, 3, dilation=d, padding=d))
         answers.append(
-            Answer(f"3x3 convs with dilations {', '.join(str(2**i) for i in range(len(layers)))}",
-                   trace(layers, (64, 64, 1)).outputs["output"].rf, expected,
-                   "Yu & Koltun 2016, Fig. 1 (3x3, 7x7, 15x15 receptive fields)")
-        )  # fmt: skip
+            Answer(
+                f"3x3 convs with dilations {', '.join(str(2**i) for i in range(len(layers)))}",
+                trace(layers, (64, 64, 1)).outputs["output"].rf,
+                expected,
+                "Yu & Koltun 2016, Fig. 1 (3x3, 7x7, 15x15 receptive fields)",
+            )
+        )
     plain = [functools.partial(Conv2d, 1, 3)] * 3
     rf = trace(plain, (32, 32, 1)).outputs["output"].rf
-    answers.append(Answer("three 3x3 convs (VGG)", rf, 7,
-                          "Simonyan & Zisserman 2015, Sec. 2.3 (effective 7x7)"))  # fmt: skip
+    answers.append(
+        Answer(
+            "three 3x3 convs (VGG)", rf, 7, "Simonyan & Zisserman 2015, Sec. 2.3 (effective 7x7)"
+        )
+    )
     vgg = trace_model("vgg16")
-    answers.append(Answer("VGG-16 pool5", _row(vgg, "max_pool_4").rf, 212,
-                          "Araujo et al. 2019, Distill, Table (VGG-16: 212)"))  # fmt: skip
+    answers.append(
+        Answer(
+            "VGG-16 pool5",
+            _row(vgg, "max_pool_4").rf,
+            212,
+            "Araujo et al. 2019, Distill, Table (VGG-16: 212)",
+        )
+    )
     return answers
 
 
@@ -202,19 +261,42 @@ def inception_costs() -> list[Answer]:
     module_3a = trace(Bottleneck((64, 96, 128, 16, 32, 32)), (28, 28, 192))
     src = "CS231n 2017, lecture 9 (the course notes' figure: 854M -> 358M ops)"
     return [
-        Answer("28x28x256 input, naive 1x1/128, 3x3/192, 5x5/96 + pool: MACs",
-               cs231n_naive.macs, 854e6, src, 5e-3),
-        Answer("same with 1x1/64 reductions (and a 1x1/64 after the pool): MACs", cs231n.macs,
-               358e6, "same slide; its six listed terms sum to 271.4M, so the printed 358M total "
-               "is an arithmetic slip, not a different count", 5e-3),
-        Answer("GoogLeNet inception (3a), 28x28x192 input: MACs", module_3a.macs, 128e6,
-               "Szegedy et al. 2015, Table 1 (ops 128M)", 5e-3),
-        Answer("inception (3a): parameters in K = 1024 (weights only, no biases)",
-               (module_3a.params - _biases(module_3a)) / 1024, 159,
-               "Szegedy et al. 2015, Table 1 (params 159K)", 5e-3),
-        Answer("inception (3a) without the reductions (same 64/128/32 outputs): MACs",
-               naive_3a.macs, None, "not in the paper"),
-    ]  # fmt: skip
+        Answer(
+            "28x28x256 input, naive 1x1/128, 3x3/192, 5x5/96 + pool: MACs",
+            cs231n_naive.macs,
+            854e6,
+            src,
+            5e-3,
+        ),
+        Answer(
+            "same with 1x1/64 reductions (and a 1x1/64 after the pool): MACs",
+            cs231n.macs,
+            358e6,
+            "same slide; its six listed terms sum to 271.4M, so the printed 358M total "
+            "is an arithmetic slip, not a different count",
+            5e-3,
+        ),
+        Answer(
+            "GoogLeNet inception (3a), 28x28x192 input: MACs",
+            module_3a.macs,
+            128e6,
+            "Szegedy et al. 2015, Table 1 (ops 128M)",
+            5e-3,
+        ),
+        Answer(
+            "inception (3a): parameters in K = 1024 (weights only, no biases)",
+            (module_3a.params - _biases(module_3a)) / 1024,
+            159,
+            "Szegedy et al. 2015, Table 1 (params 159K)",
+            5e-3,
+        ),
+        Answer(
+            "inception (3a) without the reductions (same 64/128/32 outputs): MACs",
+            naive_3a.macs,
+            None,
+            "not in the paper",
+        ),
+    ]
 
 
 def _biases(table: LayerTable) -> int:
@@ -230,11 +312,21 @@ def factorization_savings() -> list[Answer]:
     asym = trace([functools.partial(SpatiallySeparableConv2d, c, 3, use_bias=False)], shape).macs
     src = "Szegedy et al. 2016 (Inception v3), Sec. 3.1"
     return [
-        Answer("two 3x3 convs / one 5x5 conv, same channels: relative cost", two_threes / five,
-               18 / 25, src + " (9+9 vs 25: a 28% saving)", 1e-9),
-        Answer("1x3 + 3x1 / 3x3: relative cost", asym / three, 6 / 9,
-               "Szegedy et al. 2016, Sec. 3.2 (33% cheaper)", 1e-9),
-    ]  # fmt: skip
+        Answer(
+            "two 3x3 convs / one 5x5 conv, same channels: relative cost",
+            two_threes / five,
+            18 / 25,
+            src + " (9+9 vs 25: a 28% saving)",
+            1e-9,
+        ),
+        Answer(
+            "1x3 + 3x1 / 3x3: relative cost",
+            asym / three,
+            6 / 9,
+            "Szegedy et al. 2016, Sec. 3.2 (33% cheaper)",
+            1e-9,
+        ),
+    ]
 
 
 def depthwise_ratio() -> list[Answer]:
@@ -244,13 +336,28 @@ def depthwise_ratio() -> list[Answer]:
     separable = trace([functools.partial(SeparableConv2d, n, k, use_bias=False)], shape).macs
     v1 = trace_model("mobilenet_v1")
     return [
-        Answer("14x14x512 -> 512, 3x3: separable / standard MACs", separable / standard,
-               1 / n + 1 / k**2, "Howard et al. 2017, Eq. 5: 1/N + 1/D_K^2", 1e-9),
-        Answer("the saving factor for 3x3 kernels", standard / separable, 8.5,
-               "Howard et al. 2017, Sec. 3.1 ('8 to 9 times less computation')", 0.06),
-        Answer("MobileNet v1 (224, alpha 1): mult-adds in millions", v1.macs / 1e6, 569,
-               "Howard et al. 2017, Table 8", 1e-3),
-    ]  # fmt: skip
+        Answer(
+            "14x14x512 -> 512, 3x3: separable / standard MACs",
+            separable / standard,
+            1 / n + 1 / k**2,
+            "Howard et al. 2017, Eq. 5: 1/N + 1/D_K^2",
+            1e-9,
+        ),
+        Answer(
+            "the saving factor for 3x3 kernels",
+            standard / separable,
+            8.5,
+            "Howard et al. 2017, Sec. 3.1 ('8 to 9 times less computation')",
+            0.06,
+        ),
+        Answer(
+            "MobileNet v1 (224, alpha 1): mult-adds in millions",
+            v1.macs / 1e6,
+            569,
+            "Howard et al. 2017, Table 8",
+            1e-3,
+        ),
+    ]
 
 
 def classifier_parameters() -> list[Answer]:
@@ -259,15 +366,24 @@ def classifier_parameters() -> list[Answer]:
     fc = sum(r.params for r in vgg.rows if r.op == "dense")
     gap = sum(r.params for r in nin.rows if r.op == "global_avg_pool")
     return [
-        Answer("VGG-16 fc6: 7x7x512 -> 4096", _row(vgg, "fc6").params, 7 * 7 * 512 * 4096 + 4096,
-               "course notes (512*4096*7*7), plus 4096 biases"),
-        Answer("VGG-16 fc6 + fc7 + fc8", fc, None,
-               "Simonyan & Zisserman 2015 (no per-layer count)"),
+        Answer(
+            "VGG-16 fc6: 7x7x512 -> 4096",
+            _row(vgg, "fc6").params,
+            7 * 7 * 512 * 4096 + 4096,
+            "course notes (512*4096*7*7), plus 4096 biases",
+        ),
+        Answer(
+            "VGG-16 fc6 + fc7 + fc8", fc, None, "Simonyan & Zisserman 2015 (no per-layer count)"
+        ),
         Answer("share of VGG-16's parameters in its classifier", fc / vgg.params, None, ""),
         Answer("NiN's global average pooling head", gap, 0, "Lin et al. 2014, Sec. 3.2"),
-        Answer("NiN (ImageNet) parameters, all layers", nin.params, None,
-               "the authors' Caffe model (about 29 MB of float32)"),
-    ]  # fmt: skip
+        Answer(
+            "NiN (ImageNet) parameters, all layers",
+            nin.params,
+            None,
+            "the authors' Caffe model (about 29 MB of float32)",
+        ),
+    ]
 
 
 def nin_costs(batch: int = 128, device: str = "a100", precision: str = "tf32") -> dict:
