@@ -102,12 +102,20 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     checks = [
         (config.optimizer.name in OPTIMIZERS, "optimizer.name", config.optimizer.name, OPTIMIZERS),
         (config.schedule.name in SCHEDULES, "schedule.name", config.schedule.name, SCHEDULES),
-        (config.optimizer.decay_mask in DECAY_MASKS, "optimizer.decay_mask",
-         config.optimizer.decay_mask, DECAY_MASKS),
-        (config.augment.pad_mode in PAD_MODES, "augment.pad_mode", config.augment.pad_mode,
-         PAD_MODES),
+        (
+            config.optimizer.decay_mask in DECAY_MASKS,
+            "optimizer.decay_mask",
+            config.optimizer.decay_mask,
+            DECAY_MASKS,
+        ),
+        (
+            config.augment.pad_mode in PAD_MODES,
+            "augment.pad_mode",
+            config.augment.pad_mode,
+            PAD_MODES,
+        ),
         (config.data.fit in ("", *FIT_METHODS), "data.fit", config.data.fit, FIT_METHODS),
-    ]  # fmt: skip
+    ]
     for ok, key, value, choices in checks:
         if not ok:
             raise ConfigError(unknown_choice(key, value, choices))
@@ -117,8 +125,11 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
             raise ConfigError(
                 unknown_choice(f"data.{split_key} of dataset {spec.name!r}", split, spec.splits)
             )
-    positive = {"batch_size": config.batch_size, "eval_batch_size": config.eval_batch_size,
-                "keep_checkpoints": config.keep_checkpoints}  # fmt: skip
+    positive = {
+        "batch_size": config.batch_size,
+        "eval_batch_size": config.eval_batch_size,
+        "keep_checkpoints": config.keep_checkpoints,
+    }
     for key, value in positive.items():
         if value < 1:
             raise ConfigError(f"{key} must be >= 1, got {value}")
