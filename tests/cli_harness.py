@@ -48,6 +48,9 @@ def run_once(entry: str, args: list[str]) -> dict:
             for flag in list(defined):  # deleting a flag edits this list
                 if flag.name in flags.FLAGS:
                     delattr(flags.FLAGS, flag.name)
+    # A config file's overrides (--config.x) are filed under absl's own module: remove them too.
+    for name in [n for n in flags.FLAGS if n == "config" or n.startswith("config.")]:
+        delattr(flags.FLAGS, name)
     flags.FLAGS.unparse_flags()
     return {"code": code, "stderr": stderr.getvalue()}
 

@@ -1,5 +1,6 @@
 """The command line as a user runs it: one clear error line per bad input, and resume."""
 
+import json
 import os
 import subprocess
 import sys
@@ -28,32 +29,53 @@ def assert_one_error_line(result, match):
     assert len(errors) == 1 and match in errors[0], result.stderr
 
 
-@pytest.mark.parametrize(
-    "args, match",
-    [
-        (["--config.lr=0.1"], "unknown config key 'lr'"),
-        (["--config.optimizer.lr=abc"], "could not convert string to float: 'abc'"),
-        (["--config.model=resnet21"], "did you mean 'resnet20'"),
-        (["--config.dataset=imagenet"], "unknown dataset 'imagenet'"),
-        (["--config.optimizer.learning_rate=1"], "did you mean 'optimizer.lr'"),
-        (["--config.model_kwargs.width=4"], "add it to config.model_kwargs in the config file"),
-        (["--config.dataset=cifar10_jpeg", "--config.data_dir=/nonexistent"], "TFDS_DATA_DIR"),
-    ],
-)
-def test_bad_input_gives_one_clear_error_line(tmp_path, args, match):
-    result = run_main("--config=configs/default.py", f"--workdir={tmp_path}", *args)
-    assert_one_error_line(result, match)
+BAD_INPUTS = [
+    (["--config.lr=0.1"], "unknown config key 'lr'"),
+    (["--config.optimizer.lr=abc"], "could not convert string to float: 'abc'"),
+    (["--config.model=resnet21"], "did you mean 'resnet20'"),
+    (["--config.dataset=imagenet"], "unknown dataset 'imagenet'"),
+    (["--config.optimizer.learning_rate=1"], "did you mean 'optimizer.lr'"),
+    (["--config.model_kwargs.width=4"], "add it to config.model_kwargs in the config file"),
+    (["--config.dataset=cifar10_jpeg", "--config.data_dir=/nonexistent"], "TFDS_DATA_DIR"),
+]
 
 
-def test_missing_config_file_is_reported(tmp_path):
-    result = run_main("--config=configs/nope.py", f"--workdir={tmp_path}")
-    assert_one_error_line(result, "nope.py")
+@pytest.fixture(scope="module")
+def bad_input_results(tmp_path_factory):
+    """Each command line of `BAD_INPUTS`, all run in one process (tests/cli_harness.py)."""
+    workdir = tmp_path_factory.mktemp("bad_input")
+    argvs = [
+        ["--config=configs/default.py", f"--workdir={workdir}", *args] for args, _ in BAD_INPUTS
+    ]
+    argvs.append(["--config=configs/nope.py", f"--workdir={workdir}"])
+    harness = subprocess.run(
+        [sys.executable, "-m", "tests.cli_harness", json.dumps({"cnnjax.main": argvs})],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert harness.returncode == 0, harness.stderr
+    results = json.loads(harness.stdout.splitlines()[-1])["cnnjax.main"]
+    return [
+        subprocess.CompletedProcess(a, r["code"], "", r["stderr"]) for a, r in zip(argvs, results)
+    ]
+
+
+@pytest.mark.parametrize("case", range(len(BAD_INPUTS)), ids=[m for _, m in BAD_INPUTS])
+def test_bad_input_gives_one_clear_error_line(bad_input_results, case):
+    assert_one_error_line(bad_input_results[case], BAD_INPUTS[case][1])
+
+
+def test_missing_config_file_is_reported(bad_input_results):
+    assert_one_error_line(bad_input_results[-1], "nope.py")
 
 
 def test_model_and_data_shapes_that_do_not_fit(tmp_path, tfds_dir):
     result = run_main(
         "--config=configs/default.py", f"--workdir={tmp_path}", "--config.dataset=cifar10_jpeg",
         f"--config.data_dir={tfds_dir}", "--config.data.train_split=train[:1%]",
+        "--config.data.eval_split=test[:1%]",
     )  # fmt: skip
     assert_one_error_line(result, "images have 3 channels but the model expects 1")
 
