@@ -57,7 +57,19 @@ def small_models():
     ]
 
 
-@pytest.mark.parametrize("name", small_models())
+# One small model per family kind compiles its init by default (plain conv net, residual net,
+# capsule net, MLP, 1-D net). The rest run with `-m slow`: the deeper CIFAR ResNets and plain nets
+# are resnet20's code with more blocks (seconds each), and DenseNet-BC-100's init alone compiles
+# for longer than the rest of this file; test_trace covers the dense, branched and depthwise
+# families' abstract variables by default.
+FAST_INIT = {"lenet5", "resnet20", "capsnet", "lenet300_100", "tcn1d"}
+assert FAST_INIT <= set(small_models()), FAST_INIT - set(small_models())  # a rename would hide them
+
+
+@pytest.mark.parametrize(
+    "name",
+    [n if n in FAST_INIT else pytest.param(n, marks=pytest.mark.slow) for n in small_models()],
+)
 def test_model_info_params_equal_an_actual_init(name):
     """Compiled init is affordable for the small models; the registry tests trace the rest."""
     info = models.model_info(name)

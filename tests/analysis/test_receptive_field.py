@@ -27,6 +27,7 @@ from cnnjax.analysis.trace import trace_model
 from cnnjax.errors import ConfigError
 from cnnjax.layers import Conv1d, Conv2d, avg_pool2d, max_pool2d
 from cnnjax.layers.pooling import adaptive_avg_pool2d
+from tests.models.helpers import host_variables
 
 # ---- the formula on layer lists -------------------------------------------------------------
 
@@ -242,10 +243,11 @@ class _Branches(nn.Module):
 
 def test_receptive_field_equals_the_gradient_support():
     model, shape = _Branches(), (1, 40, 40, 1)
-    variables = jax.jit(model.init)(jax.random.key(0), jnp.zeros(shape))
+    # Filled on the host: compiling `model.init`'s random initializers takes seconds.
+    variables = host_variables(model, jax.ShapeDtypeStruct(shape, jnp.float32))
     # Positive weights and inputs: no cancellation can hide a dependency; average pooling, not
     # max, so every pixel of a window gets gradient.
-    variables = jax.tree.map(lambda p: jnp.abs(p) + 0.1, variables)
+    variables = jax.tree.map(lambda p: np.abs(p) + 0.1, variables)
     i, j = 5, 4
     grad = jax.jit(jax.grad(lambda x: model.apply(variables, x)[0, i, j, 0]))(jnp.ones(shape))
     rows, cols = np.nonzero(np.abs(np.asarray(grad[0, :, :, 0])) > 0)

@@ -1,8 +1,10 @@
-"""Per-layer trace: agreement with the registry over every model, attribution, conventions, output.
+"""Per-layer trace: agreement with the registry (per family; every model with `-m slow`),
+attribution, conventions, output.
 
 Everything is traced on abstract shapes (`eval_shape` / `make_jaxpr`): no model is compiled.
 """
 
+import functools
 import json
 import math
 
@@ -22,8 +24,22 @@ from cnnjax.layers import BatchNorm, Conv2d, conv_impl, global_avg_pool, max_poo
 # reconstruction decoder runs after them and writes its own output).
 LOGITS_NOT_FROM_LAST_ROW = {"capsnet"}
 
+# One model per family kind by default (a plain conv net, a residual net, a dense net, branches
+# with unused auxiliary heads, depthwise convs, ConvNeXt's per-position dense layers, capsules, an
+# MLP, a 1-D net); every registry model with `-m slow` (0.2-5 s each: the rest are deeper or wider
+# variants of the same code).
+FAST_REGISTRY = {"lenet5", "vgg16_bn", "resnet20", "densenet121", "googlenet", "mobilenet_v1_050",
+                 "convnext_tiny", "capsnet", "lenet300_100", "tcn1d"}  # fmt: skip
+assert FAST_REGISTRY <= set(models.list_models()), FAST_REGISTRY - set(models.list_models())
 
-@pytest.mark.parametrize("name", models.list_models())
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        n if n in FAST_REGISTRY else pytest.param(n, marks=pytest.mark.slow)
+        for n in models.list_models()
+    ],
+)
 def test_registry_model_rows_match_shapes_params_and_macs(name):
     info = models.model_info(name)
     model = models.create_model(name)
@@ -69,10 +85,16 @@ def _count_primitives(jaxpr, counts=None):
     return counts
 
 
+@functools.cache
+def traced(name):
+    """`trace_model(name)`, traced once for the tests that only read the table."""
+    return trace_model(name)
+
+
 @pytest.mark.parametrize("name", ["lenet5", "capsnet", "googlenet", "tcn1d"])
 def test_totals_equal_model_info(name):
     info = models.model_info(name)
-    table = trace_model(name)
+    table = traced(name)
     assert table.params == info.params
     assert table.macs == info.macs
 
@@ -168,7 +190,7 @@ def test_flop_conventions():
 
 
 def test_batch_and_dtype_scale_shapes_bytes_and_macs():
-    one = trace_model("lenet5")
+    one = traced("lenet5")
     four = trace_model("lenet5", batch=4, dtype=jnp.bfloat16)
     assert four.input_shape == (4, 32, 32, 1)
     assert four.rows[0].output_shape == (4, 28, 28, 6)
@@ -198,7 +220,7 @@ def test_rendering_has_a_header_and_one_line_per_conv():
 
 
 def test_json_round_trips():
-    table = trace_model("googlenet")  # concatenations, unused auxiliary heads, global RFs
+    table = traced("googlenet")  # concatenations, unused auxiliary heads, global RFs
     data = json.loads(table.to_json())
     assert data["totals"] == {"params": table.params, "macs": table.macs, "flops": table.flops,
                               "activation_bytes": table.activation_bytes}  # fmt: skip
