@@ -7,6 +7,7 @@ import pytest
 
 from cnnjax.analysis.memory import saved_residuals
 from cnnjax.layers.activations import gelu
+from tests.layers.helpers import normal
 
 X = jnp.linspace(-8.0, 8.0, 1601)
 
@@ -26,7 +27,7 @@ def test_gelu_values_and_derivatives_equal_jax_nn_gelu(approximate):
 
 @pytest.mark.parametrize("approximate", [False, True], ids=["erf", "tanh"])
 def test_gelu_backward_pass_keeps_one_array_where_autodiff_keeps_several(approximate):
-    x = jax.random.normal(jax.random.key(0), (4, 8, 8, 16))
+    x = normal(0, 4, 8, 8, 16)
 
     def count(act):
         residuals = saved_residuals(lambda p, x: jnp.sum(act(x * p) ** 2), jnp.float32(1.0), x)

@@ -11,6 +11,7 @@ from jax import lax
 from cnnjax.errors import ConfigError
 from cnnjax.layers import backprop, conv_ops
 from cnnjax.layers.conv import make_conv
+from tests.layers.helpers import rng_key
 
 HIGHEST = lax.Precision.HIGHEST
 
@@ -41,9 +42,7 @@ def cases(draw):
     return ndim, groups, kernel, dilation, strides, pads, spatial
 
 
-@settings(max_examples=40, deadline=None)
-@given(case=cases())
-def test_explicit_gradients_match_jax_grad(case):
+def check_explicit_gradients(case):
     ndim, groups, kernel, dilation, strides, pads, spatial = case
     x = normal(0, 2, *spatial, 2 * groups)
     w = normal(1, *kernel, 2, 3 * groups)
@@ -51,11 +50,30 @@ def test_explicit_gradients_match_jax_grad(case):
     explicit = loss_fn("explicit", strides, pads, dilation, groups)
     y_shape = jax.eval_shape(lambda: conv_ops.conv(x, w, None, strides, pads, dilation, groups))
     probe = normal(2, *y_shape.shape)
-    expected = jax.grad(native, argnums=(0, 1))(x, w, probe)
-    got = jax.jit(jax.grad(explicit, argnums=(0, 1)))(x, w, probe)
+
+    @jax.jit  # one compilation per example (eager dispatch compiles every op separately)
+    def both(x, w, probe):
+        expected = jax.value_and_grad(native, argnums=(0, 1))(x, w, probe)
+        return jax.value_and_grad(explicit, argnums=(0, 1))(x, w, probe), expected
+
+    (got_value, got), (expected_value, expected) = both(x, w, probe)
     for g, e in zip(got, expected):
         np.testing.assert_allclose(g, e, rtol=1e-4, atol=1e-4)
-    np.testing.assert_allclose(explicit(x, w, probe), native(x, w, probe), rtol=1e-5, atol=1e-4)
+    np.testing.assert_allclose(got_value, expected_value, rtol=1e-5, atol=1e-4)
+
+
+# A compilation per example: 12 in the default suite, 40 with `-m slow`.
+@settings(max_examples=12, deadline=None)
+@given(case=cases())
+def test_explicit_gradients_match_jax_grad(case):
+    check_explicit_gradients(case)
+
+
+@pytest.mark.slow
+@settings(max_examples=40, deadline=None)
+@given(case=cases())
+def test_explicit_gradients_match_jax_grad_on_40_cases(case):
+    check_explicit_gradients(case)
 
 
 def test_explicit_gradients_under_vmap():
@@ -87,7 +105,7 @@ def test_explicit_backprop_module_trains_like_the_native_one():
     x = normal(0, 4, 8, 8, 3)
     native = make_conv("standard", precision=HIGHEST)(features=5, strides=2)
     explicit = make_conv("explicit_backprop", precision=HIGHEST)(features=5, strides=2)
-    variables = native.init(jax.random.key(0), x)
+    variables = native.init(rng_key(0), x)
 
     def grads(module):
         return jax.grad(lambda v: jnp.sum(jnp.tanh(module.apply(v, x))))(variables)

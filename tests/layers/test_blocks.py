@@ -12,6 +12,7 @@ from cnnjax.errors import ConfigError
 from cnnjax.layers import make_conv
 from cnnjax.layers.blocks import ORDER_TOKENS, ConvBlock, parse_order
 from cnnjax.layers.norm import LayerNorm, TorchBatchNorm
+from tests.layers.helpers import rng_key
 
 # Every non-empty arrangement of distinct tokens that contains "conv": 1 + 3*2 + 3*6 + 24 = 49.
 ALL_ORDERS = [
@@ -60,7 +61,7 @@ def test_all_orders_parse():
 def test_every_order_has_the_right_params_and_batch_stats(order):
     block = ConvBlock(FEATURES, order=order, dropout_rate=0.5 if "drop" in order else 0.0)
     x = jnp.zeros((2, 5, 5, C_IN))
-    shapes = jax.eval_shape(lambda: block.init(jax.random.PRNGKey(0), x, False))
+    shapes = jax.eval_shape(lambda: block.init(rng_key(0), x, False))
     assert jax.tree.map(lambda s: s.shape, shapes) == expected_shapes(order)
 
 
@@ -69,7 +70,7 @@ def test_every_order_runs_under_jit_in_train_and_eval():
     x = normal(0, 2, 5, 5, C_IN)
     blocks = {o: ConvBlock(FEATURES, order=o, dropout_rate=0.5 if "drop" in o else 0.0)
               for o in ALL_ORDERS}  # fmt: skip
-    variables = {o: b.init(jax.random.PRNGKey(0), x, False) for o, b in blocks.items()}
+    variables = {o: b.init(rng_key(0), x, False) for o, b in blocks.items()}
 
     @jax.jit
     def run(variables, x, key):
@@ -81,8 +82,8 @@ def test_every_order_runs_under_jit_in_train_and_eval():
             out[order] = train, updates, evaluation
         return out
 
-    first = run(variables, x, jax.random.PRNGKey(1))
-    second = run(variables, x, jax.random.PRNGKey(2))
+    first = run(variables, x, rng_key(1))
+    second = run(variables, x, rng_key(2))
     for order in ALL_ORDERS:
         (train, updates, evaluation), (train2, _, evaluation2) = first[order], second[order]
         assert train.shape == evaluation.shape == (2, 5, 5, FEATURES), order
@@ -123,7 +124,7 @@ def numpy_reference(order, variables, x, train):
 def test_block_applies_the_pieces_in_order(order, train):
     x = normal(0, 4, 5, 5, C_IN)
     block = ConvBlock(FEATURES, order=order)
-    variables = randomize(block.init(jax.random.PRNGKey(0), x, False))
+    variables = randomize(block.init(rng_key(0), x, False))
     if "bn" in order:  # non-trivial running statistics for eval
         channels = variables["batch_stats"]["bn"]["mean"].shape
         variables["batch_stats"] = {"bn": {"mean": normal(3, *channels),
@@ -138,8 +139,8 @@ def test_order_is_visible_in_the_output_statistics():
 
     def train_output(order, **kwargs):
         block = ConvBlock(FEATURES, order=order, **kwargs)
-        variables = block.init(jax.random.PRNGKey(0), x, False)
-        rngs = {"dropout": jax.random.PRNGKey(1)}
+        variables = block.init(rng_key(0), x, False)
+        rngs = {"dropout": rng_key(1)}
         return np.asarray(block.apply(variables, x, True, rngs=rngs, mutable=["batch_stats"])[0])
 
     # BN last: every channel has zero mean and unit variance over the batch.
@@ -157,9 +158,9 @@ def test_order_is_visible_in_the_output_statistics():
 def test_channel_dropout_drops_whole_feature_maps():
     x = normal(0, 16, 5, 5, C_IN)
     block = ConvBlock(FEATURES, order="conv-drop", dropout_rate=0.5, channel_dropout=True)
-    variables = block.init(jax.random.PRNGKey(0), x, False)
+    variables = block.init(rng_key(0), x, False)
     clean = np.asarray(block.apply(variables, x, False))
-    y = np.asarray(block.apply(variables, x, True, rngs={"dropout": jax.random.PRNGKey(1)}))
+    y = np.asarray(block.apply(variables, x, True, rngs={"dropout": rng_key(1)}))
     kept = np.abs(y).sum((1, 2)) > 0  # (N, C)
     assert 0.2 < kept.mean() < 0.8
     np.testing.assert_allclose(y, np.where(kept[:, None, None, :], 2 * clean, 0.0), rtol=1e-5,
@@ -169,7 +170,7 @@ def test_channel_dropout_drops_whole_feature_maps():
 def test_drop_token_with_rate_zero_is_identity():
     x = normal(0, 2, 5, 5, C_IN)
     with_drop = ConvBlock(FEATURES, order="conv-bn-act-drop")
-    variables = with_drop.init(jax.random.PRNGKey(0), x, False)
+    variables = with_drop.init(rng_key(0), x, False)
     got = with_drop.apply(variables, x, True, mutable=["batch_stats"])[0]  # no dropout rng needed
     plain = ConvBlock(FEATURES).apply(variables, x, True, mutable=["batch_stats"])[0]
     np.testing.assert_array_equal(got, plain)
@@ -191,22 +192,20 @@ def test_invalid_orders_raise_config_error(order, message):
     with pytest.raises(ConfigError, match=message):
         parse_order(order)
     with pytest.raises(ConfigError, match=message):
-        ConvBlock(FEATURES, order=order).init(jax.random.PRNGKey(0), jnp.zeros((1, 4, 4, 2)), False)
+        ConvBlock(FEATURES, order=order).init(rng_key(0), jnp.zeros((1, 4, 4, 2)), False)
 
 
 def test_bad_dropout_rates_raise_config_error():
     x = jnp.zeros((1, 4, 4, 2))
     with pytest.raises(ConfigError, match=r"dropout_rate must be in \[0, 1\], got 1.5"):
-        ConvBlock(FEATURES, order="conv-drop", dropout_rate=1.5).init(
-            jax.random.PRNGKey(0), x, False
-        )
+        ConvBlock(FEATURES, order="conv-drop", dropout_rate=1.5).init(rng_key(0), x, False)
     with pytest.raises(ConfigError, match="dropout_rate=0.3 has no effect.*no 'drop' token"):
-        ConvBlock(FEATURES, dropout_rate=0.3).init(jax.random.PRNGKey(0), x, False)
+        ConvBlock(FEATURES, dropout_rate=0.3).init(rng_key(0), x, False)
 
 
 def test_conv_bias_norm_and_conv_kind_are_configurable():
     x = jnp.zeros((2, 6, 6, C_IN))
-    key = jax.random.PRNGKey(0)
+    key = rng_key(0)
 
     def param_shapes(**kwargs):
         variables = jax.eval_shape(lambda: ConvBlock(FEATURES, **kwargs).init(key, x, False))

@@ -22,6 +22,7 @@ from cnnjax.layers.blurpool import (
 from cnnjax.layers.conv import Conv2d
 from cnnjax.layers.padding import pad
 from cnnjax.layers.pooling import avg_pool2d, max_pool2d
+from tests.layers.helpers import rng_key
 
 HIGHEST = lax.Precision.HIGHEST
 NUMPY_MODES = {"zeros": "constant", "constant": "constant", "reflect": "reflect",
@@ -100,7 +101,7 @@ def test_blur_pool_matches_torch_depthwise_conv(size, stride):
 
 def test_modules_follow_the_papers_recipes():
     x = normal(3, 2, 9, 10, 4)
-    assert BlurPool().init(jax.random.key(0), x) == {}
+    assert BlurPool().init(rng_key(0), x) == {}
     np.testing.assert_allclose(BlurPool(5, 3).apply({}, x), blur_pool2d(x, 5, 3), rtol=1e-6)
     # Dense max, then blurred subsampling; filter size 1 gives back the strided max pool.
     np.testing.assert_allclose(
@@ -112,8 +113,8 @@ def test_modules_follow_the_papers_recipes():
     np.testing.assert_allclose(BlurAvgPool(window=1).apply({}, x), blur_pool2d(x), rtol=1e-6)
     # ConvBlurPool: conv at stride 1, ReLU, blur-subsample; exactly the conv's parameters.
     module = ConvBlurPool(features=5)
-    variables = module.init(jax.random.key(1), x)
-    conv_variables = Conv2d(5).init(jax.random.key(1), x)
+    variables = module.init(rng_key(1), x)
+    conv_variables = Conv2d(5).init(rng_key(1), x)
     assert jax.tree.map(jnp.shape, variables["params"]["conv"]) == jax.tree.map(
         jnp.shape, conv_variables["params"]
     )

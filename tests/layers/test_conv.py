@@ -9,6 +9,7 @@ import pytest
 from cnnjax.errors import ConfigError, ShapeError
 from cnnjax.layers import Conv2d, make_conv
 from cnnjax.layers.shapes import resolve_padding
+from tests.layers.helpers import rng_key
 
 
 def numpy_conv(x, w, b, stride, padding, dilation, groups):
@@ -49,7 +50,7 @@ def test_conv2d_matches_numpy_loop(kernel, stride, padding, dilation, groups):
         features=4, kernel_size=kernel, strides=stride, padding=padding, dilation=dilation,
         groups=groups, precision=jax.lax.Precision.HIGHEST,
     )  # fmt: skip
-    variables = conv.init(jax.random.PRNGKey(0), x)
+    variables = conv.init(rng_key(0), x)
     variables = jax.tree.map(lambda v: rng.normal(size=v.shape).astype(np.float32), variables)
     got = np.asarray(conv.apply(variables, x))
     pads = resolve_padding(padding, (kernel, kernel), (dilation, dilation))
@@ -61,7 +62,7 @@ def test_conv2d_matches_numpy_loop(kernel, stride, padding, dilation, groups):
 
 def test_conv_parameter_count_formula():
     x = np.zeros((1, 8, 8, 6), np.float32)
-    variables = Conv2d(features=9, kernel_size=3, groups=3).init(jax.random.PRNGKey(0), x)
+    variables = Conv2d(features=9, kernel_size=3, groups=3).init(rng_key(0), x)
     count = sum(v.size for v in jax.tree.leaves(variables))
     assert count == (3 * 3 * 6 // 3 + 1) * 9
 
@@ -69,13 +70,13 @@ def test_conv_parameter_count_formula():
 def test_kernel_larger_than_input_is_a_shape_error():
     x = np.zeros((1, 4, 4, 1), np.float32)
     with pytest.raises(ShapeError, match="larger than the padded input"):
-        Conv2d(features=2, kernel_size=5, padding="valid").init(jax.random.PRNGKey(0), x)
+        Conv2d(features=2, kernel_size=5, padding="valid").init(rng_key(0), x)
 
 
 def test_groups_must_divide_channels():
     x = np.zeros((1, 4, 4, 3), np.float32)
     with pytest.raises(ShapeError, match="groups=2"):
-        Conv2d(features=4, groups=2).init(jax.random.PRNGKey(0), x)
+        Conv2d(features=4, groups=2).init(rng_key(0), x)
 
 
 def test_make_conv_unknown_kind_suggests():
@@ -85,5 +86,5 @@ def test_make_conv_unknown_kind_suggests():
 
 def test_make_conv_binds_arguments():
     conv = make_conv("pointwise", use_bias=False)(features=5)
-    variables = conv.init(jax.random.PRNGKey(0), np.zeros((1, 3, 3, 2), np.float32))
+    variables = conv.init(rng_key(0), np.zeros((1, 3, 3, 2), np.float32))
     assert variables["params"]["kernel"].shape == (1, 1, 2, 5) and "bias" not in variables["params"]

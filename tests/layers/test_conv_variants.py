@@ -18,6 +18,7 @@ from cnnjax.layers.conv import (
     make_conv,
 )
 from cnnjax.layers.shapes import resolve_padding
+from tests.layers.helpers import rng_key
 from tests.layers.test_conv import numpy_conv
 
 HIGHEST = lax.Precision.HIGHEST
@@ -172,12 +173,12 @@ def test_sobel_is_separable_and_the_separable_path_agrees():
 
 
 def count_params(module, x):
-    variables = module.init(jax.random.key(0), x)
+    variables = module.init(rng_key(0), x)
     return sum(v.size for v in jax.tree.leaves(variables["params"]))
 
 
 def xla_flops(module, x):
-    variables = module.init(jax.random.key(0), x)
+    variables = module.init(rng_key(0), x)
     with conv_impl("xla", force=True):  # XLA cannot cost the oneDNN path's FFI calls
         compiled = jax.jit(module.apply).lower(variables, x).compile()
     analysis = compiled.cost_analysis()
@@ -209,7 +210,7 @@ def test_conv_parameter_count_is_k_k_cin_over_groups_plus_one_times_cout(kernel,
 def test_depthwise_uses_one_filter_bank_per_channel():
     conv = make_conv("depthwise", use_bias=False)(features=8, kernel_size=3)
     x = normal(0, 1, 6, 6, 4)
-    variables = conv.init(jax.random.key(0), x)
+    variables = conv.init(rng_key(0), x)
     assert variables["params"]["kernel"].shape == (3, 3, 1, 8)
     # channel c only sees input channel c // 2
     x_other = x.copy()
@@ -236,7 +237,7 @@ def test_every_conv_kind_runs_under_jit_and_keeps_its_shape_rule(kind):
     ndim = 1 if kind == "conv1d" else 2
     x = normal(0, 2, *(9,) * ndim, 4)
     conv = make_conv(kind)(features=8, kernel_size=3, strides=2, padding=1)
-    variables = conv.init(jax.random.key(0), x)
+    variables = conv.init(rng_key(0), x)
     y = jax.jit(conv.apply)(variables, x)
     expected = 17 if kind == "transposed" else 5  # (9-1)*2 - 2 + 3 vs floor((9+2-3)/2)+1
     assert y.shape == (2, *(expected,) * ndim, 8) and bool(jnp.all(jnp.isfinite(y)))
@@ -256,13 +257,13 @@ def test_shape_errors_name_the_layer_and_the_sizes():
     with pytest.raises(ConfigError, match="did you mean 'circular'"):
         conv_ops.conv2d(np.zeros((1, 3, 3, 1)), np.zeros((1, 1, 1, 1)), padding_mode="circ")
     with pytest.raises(ShapeError, match="multiple of the input channels"):
-        make_conv("depthwise")(features=6).init(jax.random.key(0), np.zeros((1, 5, 5, 4)))
+        make_conv("depthwise")(features=6).init(rng_key(0), np.zeros((1, 5, 5, 4)))
 
 
 def test_conv_transpose_module_upsamples_like_pytorch_rule():
     module = ConvTranspose2d(features=3, kernel_size=4, strides=2, padding=1)
     x = normal(0, 1, 7, 5, 2)
-    y = module.apply(module.init(jax.random.key(0), x), x)
+    y = module.apply(module.init(rng_key(0), x), x)
     assert y.shape == (1, 14, 10, 3)  # the DCGAN doubling: (n-1)*2 - 2 + 4
 
 

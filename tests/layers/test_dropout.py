@@ -22,6 +22,7 @@ from cnnjax.layers.dropout import (
     uniform_dropout,
 )
 from cnnjax.layers.pooling import max_pool2d
+from tests.layers.helpers import rng_key
 
 
 def normal(seed, *shape, loc=0.0, scale=1.0):
@@ -33,7 +34,7 @@ def normal(seed, *shape, loc=0.0, scale=1.0):
 
 def test_dropout_is_flax_dropout_with_the_dropout_rng():
     x = np.ones((4, 8, 8, 3), np.float32)
-    y = Dropout(0.5).apply({}, x, deterministic=False, rngs={"dropout": jax.random.PRNGKey(0)})
+    y = Dropout(0.5).apply({}, x, deterministic=False, rngs={"dropout": rng_key(0)})
     assert set(np.unique(y)) == {0.0, 2.0}
     np.testing.assert_array_equal(Dropout(0.5).apply({}, x, deterministic=True), x)
     with pytest.raises(Exception, match="dropout"):
@@ -49,7 +50,7 @@ def test_dropout_is_flax_dropout_with_the_dropout_rng():
 def test_channel_dropout_drops_whole_channels_per_example(shape, rate, seed):
     x = normal(seed, *shape) + 10.0  # nonzero everywhere
     # A traced rate: one compilation per shape, not per (shape, rate).
-    y = np.asarray(jax.jit(channel_dropout)(jax.random.PRNGKey(seed), x, rate))
+    y = np.asarray(jax.jit(channel_dropout)(rng_key(seed), x, rate))
     ratio = y / x
     assert y.shape == x.shape and y.dtype == x.dtype
     # One value per (example, channel): the mask is (N, 1, 1, C).
@@ -61,7 +62,7 @@ def test_channel_dropout_drops_whole_channels_per_example(shape, rate, seed):
 def test_dropout_preserves_expectation(drop):
     rate = 0.3
     x = np.ones((4096, 2, 2, 8), np.float32)
-    y = np.asarray(jax.jit(drop, static_argnums=2)(jax.random.PRNGKey(0), x, rate))
+    y = np.asarray(jax.jit(drop, static_argnums=2)(rng_key(0), x, rate))
     # The mean over 4096*8 independent masks has standard error sqrt(p/(1-p)/32768) = 0.004.
     np.testing.assert_allclose(y.mean(), 1.0, atol=0.02)
     np.testing.assert_allclose((y == 0).mean(), rate, atol=0.02)
@@ -70,7 +71,7 @@ def test_dropout_preserves_expectation(drop):
 def test_channel_dropout_module():
     x = normal(0, 3, 4, 4, 5)
     module = ChannelDropout(0.5)
-    key = {"dropout": jax.random.PRNGKey(1)}
+    key = {"dropout": rng_key(1)}
     np.testing.assert_array_equal(module.apply({}, x, deterministic=True), x)
     np.testing.assert_array_equal(ChannelDropout(0.0).apply({}, x, deterministic=False), x)
     np.testing.assert_array_equal(
@@ -84,18 +85,18 @@ def test_channel_dropout_module():
     assert Dropout2d is ChannelDropout
     # Sequence inputs (N, L, C) drop whole channels too, as PyTorch's Dropout1d.
     seq = np.ones((64, 7, 4), np.float32)
-    y = np.asarray(channel_dropout(jax.random.PRNGKey(0), seq, 0.5))
+    y = np.asarray(channel_dropout(rng_key(0), seq, 0.5))
     assert np.all((y == y[:, :1, :]).all(1))
 
 
 def test_dropout_bad_arguments():
     x = np.ones((2, 3, 3, 4), np.float32)
     with pytest.raises(ConfigError, match=r"dropout rate must be in \[0, 1\].*got 1.5"):
-        channel_dropout(jax.random.PRNGKey(0), x, 1.5)
+        channel_dropout(rng_key(0), x, 1.5)
     with pytest.raises(ConfigError, match="got -0.1"):
         ChannelDropout(-0.1).apply({}, x, deterministic=True)
     with pytest.raises(ShapeError, match=r"\(N, \*spatial, C\).*\(2, 4\)"):
-        channel_dropout(jax.random.PRNGKey(0), x[:, 0, 0], 0.5)
+        channel_dropout(rng_key(0), x[:, 0, 0], 0.5)
 
 
 # --- Noise dropout and make_dropout ----------------------------------------------------------
@@ -116,7 +117,7 @@ def test_every_dropout_kind_has_mean_one_and_the_documented_noise_variance(kind,
 
 def test_noise_dropouts_keep_dtype_and_reject_bad_rates():
     x = jnp.ones((4, 3), jnp.bfloat16)
-    key = jax.random.PRNGKey(1)
+    key = rng_key(1)
     assert gaussian_dropout(key, x, 0.3).dtype == jnp.bfloat16
     assert uniform_dropout(key, x, 0.3).dtype == jnp.bfloat16
     with pytest.raises(ConfigError, match="rate < 1"):

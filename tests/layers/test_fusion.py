@@ -13,6 +13,7 @@ from cnnjax.ext import onednn
 from cnnjax.layers import BatchNorm, Conv2d, ConvBlock, DepthwiseConv2d, LayerNorm, conv_impl
 from cnnjax.layers.backend import inference_fusion
 from cnnjax.layers.fusion import conv_bn_act, fold_batchnorm
+from tests.layers.helpers import host_variables, normal
 
 needs_onednn = pytest.mark.skipif(
     not onednn.available(), reason=f"oneDNN extension unavailable: {onednn.unavailable_reason()}"
@@ -47,13 +48,13 @@ def _relative(a, b):
 @pytest.mark.parametrize("with_residual", [False, True])
 def test_fused_kernel_and_its_gradients_equal_the_unfused_graph(case, act, with_residual):
     x_shape, w_shape, strides, pads, groups = CASES[case]
-    kx, kw, kb, kr, kg = jax.random.split(jax.random.key(len(case)), 5)
-    x = 3.0 * jax.random.normal(kx, x_shape)  # large enough that ReLU6 clips some outputs
-    w = jax.random.normal(kw, w_shape)
-    b = jax.random.normal(kb, w_shape[-1:])
-    out_shape = _reference(x, w, b, None, None, strides, pads, groups).shape
-    r = jax.random.normal(kr, out_shape) if with_residual else None
-    cotangent = jax.random.normal(kg, out_shape)
+    seed = 10 * len(case)
+    x = normal(seed, *x_shape, scale=3.0)  # large enough that ReLU6 clips some outputs
+    w = normal(seed + 1, *w_shape)
+    b = normal(seed + 2, *w_shape[-1:])
+    out_shape = jax.eval_shape(lambda: _reference(x, w, b, None, None, strides, pads, groups)).shape
+    r = normal(seed + 3, *out_shape) if with_residual else None
+    cotangent = normal(seed + 4, *out_shape)
 
     def ours(x, w, b, r):
         return onednn.conv2d_fused(x, w, b, r, act, strides, pads, (1, 1), groups)
@@ -73,9 +74,7 @@ def test_fused_kernel_and_its_gradients_equal_the_unfused_graph(case, act, with_
 
 @needs_onednn
 def test_the_residual_buffer_is_not_overwritten_when_still_needed():
-    x = jax.random.normal(jax.random.key(0), (2, 6, 6, 4))
-    w = jax.random.normal(jax.random.key(1), (3, 3, 4, 4))
-    r = jax.random.normal(jax.random.key(2), (2, 6, 6, 4))
+    x, w, r = normal(0, 2, 6, 6, 4), normal(1, 3, 3, 4, 4), normal(2, 2, 6, 6, 4)
 
     @jax.jit
     def both(x, w, r):
@@ -105,21 +104,6 @@ def test_fold_batchnorm_is_batchnorm_of_the_convolution():
     np.testing.assert_allclose(conv(x, folded_w) + folded_b, expected, rtol=1e-5, atol=1e-5)
 
 
-def _perturbed(variables, seed=0):
-    """Variables with non-trivial BN statistics and affine parameters (init: mean 0, var 1)."""
-
-    def perturb(path, value):
-        key = jax.random.fold_in(jax.random.key(seed), hash(jax.tree_util.keystr(path)) % 2**31)
-        name = jax.tree_util.keystr(path[-1:])
-        if "var" in name:
-            return value * jax.random.uniform(key, value.shape, minval=0.5, maxval=1.5)
-        if any(k in name for k in ("mean", "scale", "bias")):
-            return value + 0.1 * jax.random.normal(key, value.shape)
-        return value
-
-    return jax.tree_util.tree_map_with_path(perturb, variables)
-
-
 def _fused_calls(fn, *args) -> int:
     jaxpr = jax.make_jaxpr(fn)(*args)
     text = str(jaxpr)
@@ -143,13 +127,23 @@ MODEL_CASES = {
 }
 
 
+# Fast representatives: basic blocks (with input gradients), MobileNet's blocks and the dropout
+# ablation; the other block kinds compile for seconds each and run with `-m slow`.
+FAST_MODEL_CASES = ("mobilenet_v2", "resnet20", "resnet20/dropout_before_bn")
+
+
 @needs_onednn
-@pytest.mark.parametrize("case", sorted(MODEL_CASES))
+@pytest.mark.parametrize(
+    "case",
+    [c if c in FAST_MODEL_CASES else pytest.param(c, marks=pytest.mark.slow)
+     for c in sorted(MODEL_CASES)],
+)  # fmt: skip
 def test_models_evaluate_the_same_fused_and_unfused(case):
     kwargs, shape = MODEL_CASES[case]
     model = models.create_model(case.split("/")[0], **kwargs)
-    x = jax.random.normal(jax.random.key(1), (2, *shape))
-    variables = _perturbed(model.init(jax.random.key(0), x))
+    x = normal(1, 2, *shape)
+    # Non-trivial BN statistics and affine parameters (init would give mean 0, var 1).
+    variables = host_variables(model, x)
 
     def make_logits():  # a new function per context: JAX caches traces by function
         return lambda v, x: model.apply(v, x, train=False)[0]
@@ -173,8 +167,8 @@ def test_models_evaluate_the_same_fused_and_unfused(case):
 @pytest.mark.parametrize("order", ["conv-bn-act", "conv-bn", "conv-bn-act-drop"])
 def test_conv_blocks_fold_their_leading_conv_and_bn(order):
     block = ConvBlock(8, order=order, dropout_rate=0.5 if "drop" in order else 0.0)
-    x = jax.random.normal(jax.random.key(0), (2, 8, 8, 4))
-    variables = _perturbed(block.init(jax.random.key(1), x, train=False))
+    x = normal(0, 2, 8, 8, 4)
+    variables = host_variables(block, x, train=False)
 
     def make_apply():
         return lambda v, x: block.apply(v, x, train=False)
@@ -189,7 +183,7 @@ def test_conv_blocks_fold_their_leading_conv_and_bn(order):
 def test_training_mode_and_the_portable_path_are_never_fused():
     model = models.create_model("resnet20")
     x = jnp.ones((2, 32, 32, 3))
-    variables = model.init(jax.random.key(0), x)
+    variables = host_variables(model, x, perturb=False)
 
     def train_logits(v, x):
         return model.apply(v, x, train=True, mutable=["batch_stats"])[0][0]
@@ -213,9 +207,9 @@ class _Block(nn.Module):
 
 @needs_onednn
 def test_observed_modules_are_called_not_fused():
-    x = jax.random.normal(jax.random.key(0), (2, 6, 6, 3))
+    x = normal(0, 2, 6, 6, 3)
     block = _Block()
-    variables = block.init(jax.random.key(1), x)
+    variables = host_variables(block, x)
     _, state = block.apply(variables, x, capture_intermediates=True, mutable=["intermediates"])
     assert set(state["intermediates"]) == {"__call__", "conv", "bn"}
 
@@ -232,7 +226,7 @@ def test_observed_modules_are_called_not_fused():
 
 
 def test_non_batchnorm_norms_and_depthwise_convs_follow_the_unfused_definition():
-    x = jax.random.normal(jax.random.key(0), (2, 6, 6, 4))
+    x = normal(0, 2, 6, 6, 4)
 
     class LayerNormBlock(nn.Module):
         @nn.compact
@@ -241,7 +235,7 @@ def test_non_batchnorm_norms_and_depthwise_convs_follow_the_unfused_definition()
             return conv_bn_act(conv, LayerNorm(name="ln"), x, nn.gelu)
 
     block = LayerNormBlock()
-    variables = block.init(jax.random.key(1), x)
+    variables = host_variables(block, x)
     conv = variables["params"]["conv"]
     y = lax.conv_general_dilated(
         x, conv["kernel"], (1, 1), "SAME", feature_group_count=4,

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 import cnnjax.layers as L
+from tests.layers.helpers import rng_key
 from tests.layers.test_conv import numpy_conv
 
 # (module, input shape, keyword arguments of apply); train-mode modules get rngs and mutability.
@@ -63,14 +64,14 @@ def test_the_table_covers_every_exported_module():
 def test_module_runs_under_jit_and_has_finite_gradients(name):
     module, shape, kwargs = MODULES[name]
     x = jnp.asarray(np.abs(np.random.default_rng(0).normal(size=shape)), jnp.float32)
-    rngs = {"params": jax.random.key(0), "dropout": jax.random.key(1)}
+    rngs = {"params": rng_key(0), "dropout": rng_key(1)}
     variables = module.init(rngs, x, **kwargs)
 
     @jax.jit
     def loss(params, inputs):
         out, _ = module.apply(
             {**variables, "params": params}, inputs, **kwargs,
-            rngs={"dropout": jax.random.key(2)}, mutable=["batch_stats"],
+            rngs={"dropout": rng_key(2)}, mutable=["batch_stats"],
         )  # fmt: skip
         return jnp.sum(out**2)
 
@@ -83,7 +84,7 @@ def test_module_runs_under_jit_and_has_finite_gradients(name):
 def test_depthwise_conv_matches_numpy_grouped_loop():
     x = np.random.default_rng(0).normal(size=(2, 7, 6, 3)).astype(np.float32)
     module = L.DepthwiseConv2d(6, 3, strides=2, padding=1, precision=jax.lax.Precision.HIGHEST)
-    variables = module.init(jax.random.key(0), x)
+    variables = module.init(rng_key(0), x)
     p = variables["params"]
     expected = numpy_conv(x, np.asarray(p["kernel"]), np.asarray(p["bias"]), 2,
                           ((1, 1), (1, 1)), 1, groups=3)  # fmt: skip
@@ -93,7 +94,7 @@ def test_depthwise_conv_matches_numpy_grouped_loop():
 def test_separable_conv_is_depthwise_then_pointwise():
     x = np.random.default_rng(1).normal(size=(2, 6, 6, 3)).astype(np.float32)
     module = L.SeparableConv2d(5, 3, padding="valid", precision=jax.lax.Precision.HIGHEST)
-    variables = module.init(jax.random.key(0), x)
+    variables = module.init(rng_key(0), x)
     p = variables["params"]
     depthwise = numpy_conv(x, np.asarray(p["depthwise"]["kernel"]), 0.0, 1, ((0, 0), (0, 0)), 1,
                            groups=3)  # fmt: skip

@@ -25,6 +25,7 @@ from cnnjax.layers.norm import (
     layer_norm,
     local_response_norm,
 )
+from tests.layers.helpers import rng_key
 
 TOL = dict(rtol=1e-5, atol=1e-5)  # float32 layers against float64 references
 
@@ -101,7 +102,7 @@ def test_batchnorm_train_step_matches_numpy(shape, unbiased, offset):
 )
 def test_batchnorm_eval_uses_running_averages(module):
     x = normal(0, 3, 4, 4, 2)
-    variables = with_params(module.init(jax.random.PRNGKey(0), x, use_running_average=True), 1)
+    variables = with_params(module.init(rng_key(0), x, use_running_average=True), 1)
     stats = {"mean": np.array([0.5, -1.0], np.float32), "var": np.array([4.0, 0.25], np.float32)}
     variables = {**variables, "batch_stats": stats}
     y = jax.jit(functools.partial(module.apply, use_running_average=True))(variables, x)
@@ -112,8 +113,8 @@ def test_batchnorm_eval_uses_running_averages(module):
 
 def test_torch_batchnorm_has_flax_variable_names_and_works_under_jit():
     x = normal(0, 4, 3, 3, 5)
-    ours = TorchBatchNorm().init(jax.random.PRNGKey(0), x, use_running_average=False)
-    flax_bn = FlaxBatchNorm().init(jax.random.PRNGKey(0), x, use_running_average=False)
+    ours = TorchBatchNorm().init(rng_key(0), x, use_running_average=False)
+    flax_bn = FlaxBatchNorm().init(rng_key(0), x, use_running_average=False)
     assert jax.tree.map(jnp.shape, ours) == jax.tree.map(jnp.shape, flax_bn)
 
     @jax.jit
@@ -135,7 +136,7 @@ def _bn_loss(module, variables, x, probe):
 def test_batchnorm_equals_flax_module_values_and_gradients(shape):
     x = normal(0, *shape, loc=0.5, scale=2.0)
     probe = normal(1, *shape)
-    variables = with_params(FlaxBatchNorm().init(jax.random.PRNGKey(0), x, True), 2)
+    variables = with_params(FlaxBatchNorm().init(rng_key(0), x, True), 2)
     variables["batch_stats"] = {"mean": normal(3, shape[-1]), "var": np.abs(normal(4, shape[-1]))}
     ours = jax.jit(jax.value_and_grad(functools.partial(_bn_loss, BatchNorm()), argnums=(0, 1)))
     flax_ = jax.jit(
@@ -151,7 +152,7 @@ def test_batchnorm_equals_flax_module_values_and_gradients(shape):
 def test_batch_norm_hand_written_backward_equals_autodiff_and_allows_jvp_when_portable():
     x = normal(0, 8, 3, 3, 4, loc=2.0)
     probe = normal(1, 8, 3, 3, 4)
-    variables = with_params(BatchNorm().init(jax.random.PRNGKey(0), x, True), 2)
+    variables = with_params(BatchNorm().init(rng_key(0), x, True), 2)
     loss = functools.partial(_bn_loss, BatchNorm())
     fast = jax.grad(loss, argnums=(0, 1))(variables, x, probe)
     with conv_impl("xla", force=True):  # JAX's own rules through the two-pass statistics
@@ -194,7 +195,7 @@ def test_batch_norm_function_eval_returns_running_stats_unchanged():
 
 def test_batch_norm_keeps_dtype_of_bfloat16_input():
     x = jnp.asarray(normal(0, 4, 2, 2, 3), jnp.bfloat16)
-    variables = TorchBatchNorm().init(jax.random.PRNGKey(0), x, use_running_average=True)
+    variables = TorchBatchNorm().init(rng_key(0), x, use_running_average=True)
     y, updates = TorchBatchNorm().apply(variables, x, use_running_average=False, mutable=True)
     assert y.dtype == jnp.bfloat16 and updates["batch_stats"]["mean"].dtype == jnp.float32
 
@@ -226,7 +227,7 @@ def torch_bn_run(torch, batches, weight, bias):
 
 
 def jax_bn_run(module, batches, weight, bias):
-    variables = module.init(jax.random.PRNGKey(0), batches[0], use_running_average=True)
+    variables = module.init(rng_key(0), batches[0], use_running_average=True)
     variables = {**variables, "params": {"scale": weight, "bias": bias}}
     train = jax.jit(functools.partial(module.apply, use_running_average=False, mutable=True))
     outputs = []
@@ -289,7 +290,7 @@ def test_layer_norm_matches_numpy(shape, offset):
 
 
 def test_layer_norm_params():
-    variables = LayerNorm().init(jax.random.PRNGKey(0), np.zeros((2, 3, 3, 5), np.float32))
+    variables = LayerNorm().init(rng_key(0), np.zeros((2, 3, 3, 5), np.float32))
     assert jax.tree.map(jnp.shape, variables) == {"params": {"scale": (5,), "bias": (5,)}}
     assert LayerNorm().epsilon == 1e-6
 
@@ -384,8 +385,8 @@ def test_norm_modules_compose_in_a_jitted_model():
             return LayerNorm()(x)
 
     x = normal(0, 2, 4, 4, 3)
-    variables = Net().init(jax.random.PRNGKey(0), x, False)
+    variables = Net().init(rng_key(0), x, False)
     apply = jax.jit(Net().apply, static_argnums=2, static_argnames="mutable")
-    y, _ = apply(variables, x, True, rngs={"dropout": jax.random.PRNGKey(1)}, mutable=True)
+    y, _ = apply(variables, x, True, rngs={"dropout": rng_key(1)}, mutable=True)
     assert y.shape == x.shape
     np.testing.assert_array_equal(apply(variables, x, False), apply(variables, x, False))

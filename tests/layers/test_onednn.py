@@ -15,6 +15,7 @@ from cnnjax.ext import onednn
 from cnnjax.layers import conv_impl
 from cnnjax.layers.conv_ops import conv, select_impl
 from tests.conftest import ROOT
+from tests.layers.helpers import normal, rng_key
 
 needs_onednn = pytest.mark.skipif(
     not onednn.available(), reason=f"oneDNN extension unavailable: {onednn.unavailable_reason()}"
@@ -50,9 +51,8 @@ def _relative(a, b):
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_forward_and_gradients_equal_the_native_convolution(name):
     x_shape, w_shape, strides, pads, dilation, groups = CASES[name]
-    kx, kw, kc = jax.random.split(jax.random.key(len(name)), 3)
-    x = jax.random.normal(kx, x_shape)
-    w = jax.random.normal(kw, w_shape)
+    seed = 10 * len(name)
+    x, w = normal(seed, *x_shape), normal(seed + 1, *w_shape)
 
     def ours(x, w):
         return onednn.conv2d(x, w, strides, pads, dilation, groups)
@@ -63,7 +63,7 @@ def test_forward_and_gradients_equal_the_native_convolution(name):
     y = jax.jit(ours)(x, w)
     assert y.shape == ref(x, w).shape
     assert _relative(y, ref(x, w)) < 1e-5
-    cotangent = jax.random.normal(kc, y.shape)
+    cotangent = normal(seed + 2, *y.shape)
 
     def loss(fn):
         return lambda x, w: jnp.sum(jnp.tanh(fn(x, w)) * cotangent)
@@ -77,8 +77,7 @@ def test_forward_and_gradients_equal_the_native_convolution(name):
 @needs_onednn
 def test_vmap_and_shared_kernels():
     x_shape, w_shape, strides, pads, dilation, groups = CASES["grouped"]
-    x = jax.random.normal(jax.random.key(0), (3, *x_shape))
-    w = jax.random.normal(jax.random.key(1), w_shape)
+    x, w = normal(0, 3, *x_shape), normal(1, *w_shape)
     got = jax.vmap(lambda x: onednn.conv2d(x, w, strides, pads, dilation, groups))(x)
     want = jax.vmap(lambda x: _reference(x, w, strides, pads, dilation, groups))(x)
     assert _relative(got, want) < 1e-5
@@ -111,13 +110,19 @@ def test_auto_selects_onednn_on_cpu_and_xla_when_asked_or_unsupported():
 @needs_onednn
 @pytest.mark.parametrize(
     "name, input_shape",
-    [("resnet20", (32, 32, 3)), ("mobilenet_v2", (32, 32, 3)), ("tcn1d", (64, 2))],
+    [
+        ("resnet20", (32, 32, 3)),
+        # Slow (two compiled gradients of a deep net); the depthwise convs it adds are checked
+        # one by one in test_forward_and_gradients_equal_the_native_convolution.
+        pytest.param("mobilenet_v2", (32, 32, 3), marks=pytest.mark.slow),
+        ("tcn1d", (64, 2)),
+    ],
 )
 def test_models_give_the_same_logits_and_gradients(name, input_shape):
     model = models.create_model(name)
-    x = jax.random.normal(jax.random.key(0), (2, *input_shape))
-    with conv_impl("xla", force=True):
-        variables = model.init(jax.random.key(1), x, train=False)
+    x = normal(0, 2, *input_shape)
+    with conv_impl("xla", force=True):  # one compiled init: eager init compiles every initializer
+        variables = jax.jit(lambda x: model.init(rng_key(1), x, train=False))(x)
 
     def loss(params, x):  # eval mode: smooth in the inputs, unlike batch statistics at init
         logits, _ = model.apply({**variables, "params": params}, x, train=False)

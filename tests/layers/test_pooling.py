@@ -33,6 +33,7 @@ from cnnjax.layers.pooling import (
     spatial_pyramid_pool,
 )
 from cnnjax.layers.shapes import as_pair, resolve_padding
+from tests.layers.helpers import rng_key
 
 
 def normal(seed, *shape):
@@ -282,7 +283,7 @@ def test_modules_wrap_functions_without_parameters_under_jit():
         (SpatialPyramidPool((1, 3), "avg"), spatial_pyramid_pool(x, (1, 3), "avg")),
     ]  # fmt: skip
     for module, expected in cases:
-        assert module.init(jax.random.key(0), x) == {}
+        assert module.init(rng_key(0), x) == {}
         np.testing.assert_allclose(jax.jit(module.apply)({}, x), expected, rtol=1e-6)
 
 

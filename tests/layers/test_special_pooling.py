@@ -19,6 +19,7 @@ from cnnjax.layers.special_pooling import (
     bilinear_pool,
     stochastic_pool2d,
 )
+from tests.layers.helpers import rng_key
 
 
 def normal(seed, *shape):
@@ -75,10 +76,10 @@ def test_stochastic_pool_train_samples_window_values_with_their_probabilities():
     x = relu_input(1, 2, 6, 6, 4)
     x[0, :2, :2, 0] = 0  # an all-zero window gives 0
     sample = jax.jit(lambda x, key: stochastic_pool2d(x, 2, key=key, train=True))
-    key = jax.random.key(0)
+    key = rng_key(0)
     y = np.asarray(sample(x, key))
     np.testing.assert_array_equal(y, sample(x, key))  # deterministic for a fixed key
-    assert not np.array_equal(y, sample(x, jax.random.key(1)))
+    assert not np.array_equal(y, sample(x, rng_key(1)))
     windows, _ = numpy_windows(x, (2, 2), (2, 2), ((0, 0), (0, 0)))
     for (i, j), values in windows.items():
         assert np.all(np.any(values == y[:, i, j][:, None, :], axis=1))
@@ -86,7 +87,7 @@ def test_stochastic_pool_train_samples_window_values_with_their_probabilities():
     # Empirical frequencies over 4000 independent windows approach a_i / sum a.
     window = np.array([[1.0, 2.0], [3.0, 4.0]], np.float32)
     tiled = np.tile(window[None, :, :, None], (4000, 1, 1, 1))
-    draws = np.asarray(sample(tiled, jax.random.key(2))).ravel()
+    draws = np.asarray(sample(tiled, rng_key(2))).ravel()
     frequencies = [np.mean(draws == v) for v in (1.0, 2.0, 3.0, 4.0)]
     np.testing.assert_allclose(frequencies, [0.1, 0.2, 0.3, 0.4], atol=0.03)
 
@@ -97,7 +98,7 @@ def test_stochastic_pool_gradients_are_finite_on_zero_windows():
     for train in (False, True):
 
         def total(x, train=train):
-            return jnp.sum(stochastic_pool2d(x, 2, key=jax.random.key(3), train=train))
+            return jnp.sum(stochastic_pool2d(x, 2, key=rng_key(3), train=train))
 
         assert np.all(np.isfinite(jax.grad(total)(x)))
 
@@ -105,12 +106,12 @@ def test_stochastic_pool_gradients_are_finite_on_zero_windows():
 def test_stochastic_pool_module_uses_the_dropout_rng():
     x = relu_input(3, 2, 6, 6, 3)
     module = StochasticPool2d(window=3)
-    assert module.init(jax.random.key(0), x, deterministic=True) == {}
+    assert module.init(rng_key(0), x, deterministic=True) == {}
     expected = stochastic_pool2d(x, 3)
     np.testing.assert_allclose(module.apply({}, x, deterministic=True), expected, rtol=1e-6)
     evaluated = StochasticPool2d(window=3, deterministic=True).apply({}, x)
     np.testing.assert_allclose(evaluated, expected, rtol=1e-6)
-    y = module.apply({}, x, deterministic=False, rngs={"dropout": jax.random.key(4)})
+    y = module.apply({}, x, deterministic=False, rngs={"dropout": rng_key(4)})
     windows, _ = numpy_windows(x, (3, 3), (3, 3), ((0, 0), (0, 0)))
     for (i, j), values in windows.items():
         assert np.all(np.any(values == np.asarray(y)[:, i, j][:, None, :], axis=1))
@@ -127,7 +128,7 @@ def softmax(z, axis):
 def test_attention_pool_is_softmax_weighted_window_average(window, strides, padding):
     x = normal(4, 2, 7, 6, 5)
     module = AttentionPool2d(window, strides, padding)
-    variables = module.init(jax.random.key(0), x)
+    variables = module.init(rng_key(0), x)
     assert jax.tree.map(np.shape, variables) == {"params": {"score": (5,)}}
     # The zero init is average pooling over the real pixels.
     expected = avg_pool2d(x, window, strides, padding, count_include_pad=False)
@@ -148,7 +149,7 @@ def test_attention_pool_is_softmax_weighted_window_average(window, strides, padd
 def test_global_attention_pool():
     x = normal(6, 2, 4, 5, 3)
     module = GlobalAttentionPool()
-    variables = module.init(jax.random.key(0), x)
+    variables = module.init(rng_key(0), x)
     np.testing.assert_allclose(module.apply(variables, x), global_avg_pool(x), rtol=1e-5)
     score = normal(7, 3)
     weights = softmax((x @ score).reshape(2, -1), axis=1)
