@@ -68,7 +68,16 @@ def test_offline_tfds_datasets_read_without_tensorflow(tfds_dir, name, sizes):
     assert 0 <= int(example["label"]) < spec.num_classes
 
 
-@pytest.mark.parametrize("name", ["mnist", "fashion_mnist", "cifar10_jpeg"])
+# Decoding a whole training split takes seconds per 10k images: the default suite checks MNIST's
+# (the cheapest); `-m slow` also the other two.
+@pytest.mark.parametrize(
+    "name",
+    [
+        "mnist",
+        pytest.param("fashion_mnist", marks=pytest.mark.slow),
+        pytest.param("cifar10_jpeg", marks=pytest.mark.slow),
+    ],
+)
 def test_offline_tfds_statistics_match_the_spec(tfds_dir, name):
     spec = dataset_spec(name)
     images = read_all(load_source(name, "train", tfds_dir)).images

@@ -1,4 +1,9 @@
-"""The experiment drivers end to end at their smoke size (synthetic data, seconds per run)."""
+"""The experiment drivers end to end at their smoke size (synthetic data, seconds per run).
+
+Every arm compiles its own network (about half a minute on a 2-core CPU), so the default suite
+runs one arm of each experiment through the same driver code; `pytest -m slow` runs every arm of
+the smoke size.
+"""
 
 import json
 import os
@@ -19,6 +24,7 @@ from experiments.ablation import (
     paired_differences,
     summarize,
 )
+from tests.train.compile_cache import persistent_compile_cache
 
 
 def test_paired_differences_pair_runs_by_seed_and_give_a_t_interval():
@@ -79,20 +85,44 @@ def _run_twice(module, config, workdir):
     return text, json.loads((workdir / "results.json").read_text())
 
 
+@pytest.fixture(scope="module", autouse=True)
+def compile_once(tmp_path_factory):
+    """ResNet-20 arms share their init (its program is the same for every arm), and the second
+    run of a driver its toy's programs."""
+    with persistent_compile_cache(tmp_path_factory.mktemp("xla_cache")):
+        yield
+
+
+# The one arm of each experiment that the default suite runs (both ResNet-20s, so they share
+# the compiled init); "smoke" is the config's own arms.
+ONE_ARM = {"bn_dropout": "before_bn_0.5", "blur_pool": "resnet20-blur3"}
+
+
+@pytest.fixture(scope="module", params=["one_arm", pytest.param("smoke", marks=pytest.mark.slow)])
+def size(request):
+    return request.param
+
+
+def _smoke(name, module, config, size, tmp_path_factory):
+    """An experiment at its smoke size, run twice (the second finds every run done)."""
+    if size == "one_arm":
+        config.arms = ONE_ARM[name]
+    workdir = tmp_path_factory.mktemp(name)
+    return (workdir, config, *_run_twice(module, config, workdir))
+
+
 @pytest.fixture(scope="module")
-def smoke(tmp_path_factory):
-    """Both experiments at their smoke size, each run twice (the second finds every run done)."""
-    out = {}
-    experiments = [("bn_dropout", bn_dropout, bn_config.get_config("smoke")),
-                   ("blur_pool", blur_pool, blur_config.get_config("smoke"))]  # fmt: skip
-    for name, module, config in experiments:
-        workdir = tmp_path_factory.mktemp(name)
-        out[name] = (workdir, config, *_run_twice(module, config, workdir))
-    return out
+def bn_smoke(size, tmp_path_factory):
+    return _smoke("bn_dropout", bn_dropout, bn_config.get_config("smoke"), size, tmp_path_factory)
 
 
-def test_bn_dropout_smoke_runs_end_to_end_and_resumes(smoke):
-    workdir, _, text, results = smoke["bn_dropout"]
+@pytest.fixture(scope="module")
+def blur_smoke(size, tmp_path_factory):
+    return _smoke("blur_pool", blur_pool, blur_config.get_config("smoke"), size, tmp_path_factory)
+
+
+def test_bn_dropout_smoke_runs_end_to_end_and_resumes(bn_smoke):
+    workdir, _, text, results = bn_smoke
     assert "| before_bn_0.5 (bernoulli 0.5, conv-drop-bn-relu) | 1 |" in text
     run = results["runs"][0]
     assert len(run["shift_per_layer"]) == 19 and run["layers"][0] == "stem_bn"
@@ -101,9 +131,10 @@ def test_bn_dropout_smoke_runs_end_to_end_and_resumes(smoke):
         assert (workdir / name).stat().st_size > 0
 
 
-def test_blur_pool_smoke_runs_end_to_end(smoke):
-    workdir, config, text, results = smoke["blur_pool"]
-    assert "resnet20-blur3" in text and "vgg-blur3-noaug" in text
+def test_blur_pool_smoke_runs_end_to_end(blur_smoke):
+    workdir, config, text, results = blur_smoke
+    assert "resnet20-blur3" in text
+    assert all(arm in text for arm in config.arms.split(","))  # smoke: and vgg-blur3-noaug
     run = results["runs"][0]
     assert run["curve_circular"]["shift"] == list(range(config.curve_max_shift + 1))
     assert 0.0 <= run["consistency_crop"] <= 1.0
@@ -111,8 +142,8 @@ def test_blur_pool_smoke_runs_end_to_end(smoke):
         assert (workdir / name).stat().st_size > 0
 
 
-def test_notebook_redraws_the_figures_from_results_files(smoke, tmp_path):
-    for name, (workdir, *_) in smoke.items():
+def test_notebook_redraws_the_figures_from_results_files(bn_smoke, blur_smoke, tmp_path):
+    for name, (workdir, *_) in {"bn_dropout": bn_smoke, "blur_pool": blur_smoke}.items():
         (tmp_path / f"{name}.json").write_text((workdir / "results.json").read_text())
     notebook = json.loads(pathlib.Path("notebooks/ablations.ipynb").read_text())
     code = ["".join(cell["source"]) for cell in notebook["cells"] if cell["cell_type"] == "code"]

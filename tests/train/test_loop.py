@@ -12,6 +12,14 @@ from cnnjax.errors import CheckpointError, ConfigError, NonFiniteLossError
 from cnnjax.plot import plot_run
 from cnnjax.train import train_and_evaluate
 from cnnjax.train.metrics import read_metrics
+from tests.train.compile_cache import persistent_compile_cache
+
+
+@pytest.fixture(scope="module", autouse=True)
+def compile_once(tmp_path_factory):
+    """Runs of one config (here and across these tests) share their compiled programs."""
+    with persistent_compile_cache(tmp_path_factory.mktemp("xla_cache")):
+        yield
 
 
 class Crash(Exception):
