@@ -59,8 +59,8 @@ def abstract_apply(model, shape, **kwargs):
     return jax.eval_shape(run, jax.ShapeDtypeStruct(shape, jnp.float32))
 
 
-def compiled(fn, *args, highest_precision=False):
-    """`fn(*args)` compiled as one program.
+def compile_for(fn, *args, highest_precision=False):
+    """`fn` compiled as one program for arguments shaped like `args`, to call several times.
 
     Op-by-op dispatch compiles every initializer and op on its own (seconds per model). XLA's CPU
     backend optimizations are skipped: they cost more compile time than these small runs save.
@@ -69,7 +69,12 @@ def compiled(fn, *args, highest_precision=False):
     options = {"xla_backend_optimization_level": 0} if jax.default_backend() == "cpu" else {}
     precision = "highest" if highest_precision else None
     with jax.default_matmul_precision(precision):
-        return jax.jit(fn).lower(*args).compile(compiler_options=options)(*args)
+        return jax.jit(fn).lower(*args).compile(compiler_options=options)
+
+
+def compiled(fn, *args, highest_precision=False):
+    """`fn(*args)` compiled as one program (see `compile_for`)."""
+    return compile_for(fn, *args, highest_precision=highest_precision)(*args)
 
 
 def relative_error(ours, theirs) -> float:

@@ -22,6 +22,7 @@ from cnnjax.models.capsnet import (
     reconstruction_loss,
     squash,
 )
+from tests.models.helpers import compile_for, compiled
 
 # A CapsNet small enough to compile and train in seconds on a CPU: 6x6x4 = 144 primary capsules.
 SMALL = dict(
@@ -56,9 +57,10 @@ def abstract_variables(model, shape):
 
 @functools.cache
 def small_model_and_variables():
+    """One compiled init of the small CapsNet, shared by every test that runs it."""
     model = CapsNet(**SMALL)
     x = jax.random.uniform(jax.random.key(1), (3, 28, 28, 1))
-    return model, jax.jit(model.init)(jax.random.key(0), x), x
+    return model, compiled(model.init, jax.random.key(0), x), x
 
 
 def test_squash_shrinks_keeps_direction_and_matches_a_hand_value():
@@ -111,20 +113,26 @@ def test_stop_gradient_routing_keeps_values_and_treats_coefficients_as_constants
     def objective(u, stop, iterations=3):
         return jnp.sum(dynamic_routing(u, iterations, stop_gradient=stop)[0] * probe)
 
-    full, detached = (dynamic_routing(u_hat, 3, stop_gradient=s) for s in (False, True))
+    @jax.jit  # one program: compiling each small routing graph on its own takes seconds
+    def routing_and_gradients(u):
+        full, detached = (dynamic_routing(u, 3, stop_gradient=s) for s in (False, True))
+        cases = ((False, 3), (True, 3), (False, 1), (True, 1))
+        grads = [jax.grad(objective)(u, stop, iterations) for stop, iterations in cases]
+        c = full[1]  # a constant of the inner function below
+        grad_constant_c = jax.grad(
+            lambda u: jnp.sum(squash(jnp.einsum("bij,bijd->bjd", c, u)) * probe)
+        )(u)
+        return full, detached, grads, grad_constant_c
+
+    full, detached, grads, grad_constant_c = routing_and_gradients(u_hat)
+    grad_full, grad_stop, grad_full_1, grad_stop_1 = grads
     for a, b in zip(full, detached):
         np.testing.assert_array_equal(a, b)
-    grad_full = jax.grad(objective)(u_hat, False)
-    grad_stop = jax.grad(objective)(u_hat, True)
     assert float(jnp.abs(grad_full - grad_stop).max()) > 1e-4  # the paper differentiates c too
     # with stop_gradient, only the final s_j = sum_i c_ij u_hat_j|i carries gradient
-    c = full[1]
-    grad_constant_c = jax.grad(lambda u: jnp.sum(squash(jnp.einsum("bij,bijd->bjd", c, u)) * probe))
-    np.testing.assert_allclose(grad_stop, grad_constant_c(u_hat), rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(grad_stop, grad_constant_c, rtol=1e-5, atol=1e-7)
     # one iteration has nothing to stop
-    np.testing.assert_array_equal(
-        jax.grad(objective)(u_hat, False, 1), jax.grad(objective)(u_hat, True, 1)
-    )
+    np.testing.assert_array_equal(grad_full_1, grad_stop_1)
     with pytest.raises(ConfigError, match="at least 1 iteration"):
         dynamic_routing(u_hat, 0)
 
@@ -213,7 +221,16 @@ def test_other_input_shapes_and_class_counts():
 
 def test_forward_lengths_routing_and_decoder_masking():
     model, variables, x = small_model_and_variables()
-    apply = jax.jit(model.apply)
+
+    programs = {}  # one compile per kind of labels
+
+    def apply(variables, x, labels=None):
+        kind = None if labels is None else labels.shape
+        if kind not in programs:
+            run = lambda v, x, y: model.apply(v, x, labels=y)  # noqa: E731
+            programs[kind] = compile_for(run, variables, x, labels)
+        return programs[kind](variables, x, labels)
+
     lengths, inter = apply(variables, x)
     assert lengths.shape == (3, 10)
     assert bool(jnp.all((lengths >= 0) & (lengths <= 1)))
@@ -284,8 +301,8 @@ def test_small_capsnet_learns_a_synthetic_task_with_margin_and_reconstruction_lo
     data = synthetic("train", (28, 28, 1), 10, size=256)
     images = jnp.asarray(data.images, jnp.float32) / 255.0
     labels = jnp.asarray(data.labels)
-    model = CapsNet(**SMALL)
-    params = jax.jit(model.init)(jax.random.key(0), images[:1])["params"]
+    model, variables, _ = small_model_and_variables()  # the same key: the same initial params
+    params = variables["params"]
     optimizer = optax.adam(1e-3)
 
     def loss_fn(p, x, y):
@@ -295,15 +312,15 @@ def test_small_capsnet_learns_a_synthetic_task_with_margin_and_reconstruction_lo
         )
         return jnp.mean(loss), lengths
 
-    @jax.jit
     def step(p, opt_state, x, y):
         (loss, _), grads = jax.value_and_grad(loss_fn, has_aux=True)(p, x, y)
         updates, opt_state = optimizer.update(grads, opt_state, p)
         return optax.apply_updates(p, updates), opt_state, loss
 
-    evaluate = jax.jit(loss_fn)
+    evaluate = compile_for(loss_fn, params, images, labels)
     start, start_lengths = evaluate(params, images, labels)
     opt_state = optimizer.init(params)
+    step = compile_for(step, params, opt_state, images[:64], labels[:64])
     order = np.random.default_rng(0).permutation(np.tile(np.arange(256), 8))
     for i in range(30):
         batch = order[i * 64 : (i + 1) * 64]

@@ -43,7 +43,10 @@ def densenet_params(growth_rate, block_config, num_init_features, bn_size=4, com
     return total + 2 * c + c * num_classes + num_classes
 
 
-@pytest.mark.parametrize("depth", sorted(DENSENET_SPECS))
+@pytest.mark.parametrize(
+    "depth",
+    [d if d == 121 else pytest.param(d, marks=pytest.mark.slow) for d in sorted(DENSENET_SPECS)],
+)
 def test_imagenet_densenet_parameter_counts_equal_torchvision_and_hand_count(depth):
     k, blocks, init = DENSENET_SPECS[depth]
     assert models.model_info(f"densenet{depth}").params == TORCHVISION_PARAMS[depth]

@@ -11,7 +11,7 @@ from cnnjax.errors import ConfigError, ShapeError
 from cnnjax.models import registry
 from cnnjax.models.convert import convertible_models, from_torch
 from cnnjax.models.resnet_cifar import BLOCKS_PER_STAGE
-from tests.models.helpers import host_variables
+from tests.models.helpers import compiled, host_variables
 
 
 def lenet5_params(classes=10):
@@ -79,13 +79,37 @@ def is_large(name: str) -> bool:
     return height * width > 64 * 64
 
 
+# One cheap model per family kind checks each registry-wide property in the default suite; the
+# rest of the registry runs with `pytest -m slow` (tracing every model costs minutes on 2 cores).
+TRACE_REPRESENTATIVES = {
+    "lenet5", "lenet5_classic",  # plain conv nets (with hand-counted parameters)
+    "resnet20",  # residual (hand-counted parameters)
+    "densenet_bc_100",  # dense / concatenation
+    "googlenet_2014",  # inception branches
+    "mobilenet_v1_050",  # depthwise separable
+    "capsnet",  # capsules and routing
+    "tcn1d",  # 1-D
+}  # fmt: skip
+# The training step is compiled: only small models, and of those one per kind that has one (no
+# inception or depthwise model is small; DenseNet-BC-100's compile alone takes minutes).
+TRAIN_REPRESENTATIVES = {"lenet5_classic", "resnet20", "capsnet", "tcn1d"}
+
+
+def registry_params(representatives, slow=lambda name: False):
+    """Every registered name; those outside `representatives` (or `slow(name)`) marked slow."""
+    return [
+        n if n in representatives and not slow(n) else pytest.param(n, marks=pytest.mark.slow)
+        for n in models.list_models()
+    ]
+
+
 def cross_entropy(logits, labels):
     return -jnp.mean(
         jnp.sum(jax.nn.one_hot(labels, logits.shape[-1]) * jax.nn.log_softmax(logits), -1)
     )
 
 
-@pytest.mark.parametrize("name", models.list_models())
+@pytest.mark.parametrize("name", registry_params(TRACE_REPRESENTATIVES))
 def test_every_model_traces_a_training_step_at_its_default_input(name):
     """Init, train-mode forward and gradient, traced on abstract shapes (no compilation)."""
     info = models.model_info(name)
@@ -116,15 +140,12 @@ def test_every_model_traces_a_training_step_at_its_default_input(name):
         assert info.params == EXPECTED_PARAMS[name]
 
 
-@pytest.mark.parametrize(
-    "name",
-    [pytest.param(n, marks=pytest.mark.slow) if is_large(n) else n for n in models.list_models()],
-)
+@pytest.mark.parametrize("name", registry_params(TRAIN_REPRESENTATIVES, slow=is_large))
 def test_every_model_trains_and_evaluates_at_its_default_input(name):
     """One jitted training step and one jitted evaluation at the registered input shape.
 
-    ImageNet-sized models are marked `slow` (run them with `pytest -m slow`): their compile
-    time would take the suite past its CI budget.
+    ImageNet-sized models, and all but `TRAIN_REPRESENTATIVES`, are marked `slow` (run them
+    with `pytest -m slow`): their compile time would take the suite past its CI budget.
     """
     info = models.model_info(name)
     model = models.create_model(name, num_classes=7)
@@ -133,7 +154,6 @@ def test_every_model_trains_and_evaluates_at_its_default_input(name):
     variables = host_variables(model, x, train=False)
     params, state = variables["params"], {k: v for k, v in variables.items() if k != "params"}
 
-    @jax.jit
     def train_step(params, state):
         def loss_fn(p):
             (logits, features), updates = model.apply(
@@ -144,14 +164,14 @@ def test_every_model_trains_and_evaluates_at_its_default_input(name):
 
         return jax.value_and_grad(loss_fn, has_aux=True)(params)
 
-    (loss, (train_logits, updates)), grads = train_step(params, state)
+    (loss, (train_logits, updates)), grads = compiled(train_step, params, state)
     assert train_logits.shape == (2, 7) and np.isfinite(float(loss))
     assert all(bool(jnp.all(jnp.isfinite(g))) for g in jax.tree.leaves(grads))
     assert any(float(jnp.abs(g).max()) > 0 for g in jax.tree.leaves(grads))
 
-    (logits, features), eval_updates = jax.jit(
-        lambda v: model.apply(v, x, train=False, mutable=["batch_stats"])
-    )(variables)
+    (logits, features), eval_updates = compiled(
+        lambda v: model.apply(v, x, train=False, mutable=["batch_stats"]), variables
+    )
     assert logits.shape == (2, 7) and bool(jnp.all(jnp.isfinite(logits)))
     assert {"stem", "stage1", "pre_logits"} <= set(features), sorted(features)
     assert features["pre_logits"].shape[0] == 2
@@ -169,14 +189,17 @@ def test_resnet20_parameter_count_is_the_papers_0_27m():
 
 def test_batchnorm_statistics_update_only_in_training():
     model = models.create_model("resnet20", width=4)
-    x = jax.random.normal(jax.random.PRNGKey(0), (4, 32, 32, 3)) * 3 + 1
-    variables = model.init(jax.random.PRNGKey(1), x)
-    _, updates = model.apply(variables, x, train=True, mutable=["batch_stats"])
+    x = jax.random.normal(jax.random.PRNGKey(0), (4, 16, 16, 3)) * 3 + 1
+    # Compiled: op-by-op dispatch of a 20-layer init and apply costs most of a minute.
+    variables = compiled(lambda x: model.init(jax.random.PRNGKey(1), x), x)
+    _, updates = compiled(
+        lambda v, x: model.apply(v, x, train=True, mutable=["batch_stats"]), variables, x
+    )
     before = np.asarray(variables["batch_stats"]["stem_bn"]["mean"])
     after = np.asarray(updates["batch_stats"]["stem_bn"]["mean"])
     assert not np.allclose(before, after)
-    (eval_logits, _) = model.apply(variables, x, train=False)
-    (eval_again, _) = model.apply(variables, x[:1], train=False)
+    (eval_logits, _) = compiled(lambda v, x: model.apply(v, x, train=False), variables, x)
+    (eval_again, _) = compiled(lambda v, x: model.apply(v, x, train=False), variables, x[:1])
     np.testing.assert_allclose(eval_logits[:1], eval_again, rtol=1e-5, atol=1e-5)
 
 
@@ -184,7 +207,8 @@ def test_option_b_shortcut_adds_projections():
     a = models.create_model("resnet20")
     b = models.create_model("resnet20", shortcut="B")
     x = jnp.zeros((1, 32, 32, 3))
-    count = [sum(p.size for p in jax.tree.leaves(m.init(jax.random.PRNGKey(0), x)["params"]))
+    count = [sum(p.size for p in jax.tree.leaves(jax.eval_shape(m.init, jax.random.PRNGKey(0),
+                                                                 x)["params"]))
              for m in (a, b)]  # fmt: skip
     assert count[1] - count[0] == (16 * 32 + 2 * 32) + (32 * 64 + 2 * 64)
 
@@ -202,7 +226,7 @@ def test_unknown_model_field_lists_valid_fields():
 def test_input_too_small_is_a_shape_error_naming_the_layer():
     model = models.create_model("lenet5")
     with pytest.raises(ShapeError, match="c3"):
-        model.init(jax.random.PRNGKey(0), jnp.zeros((1, 12, 12, 1)))
+        jax.eval_shape(model.init, jax.random.PRNGKey(0), jnp.zeros((1, 12, 12, 1)))
 
 
 def test_bad_resnet_depth_is_a_config_error():

@@ -213,22 +213,32 @@ def test_bad_cifar_shortcut_names_the_choices():
 
 
 def test_cifar_dropout_positions_act_only_in_training_and_keep_the_parameters():
-    x = jnp.asarray(np.random.default_rng(0).normal(size=(4, 32, 32, 3)), jnp.float32)
+    # 16x16 and compiled programs: the property does not depend on the size, and op-by-op
+    # dispatch of seven ResNet-20s costs most of a minute.
+    x = jnp.asarray(np.random.default_rng(0).normal(size=(4, 16, 16, 3)), jnp.float32)
     plain = models.create_model("resnet20", width=4)
-    variables = plain.init(jax.random.key(0), x)
-    reference = plain.apply(variables, x)[0]
+    variables = compiled(lambda x: plain.init(jax.random.key(0), x), x)
+    reference = compiled(lambda v, x: plain.apply(v, x)[0], variables, x)
     rngs = {"dropout": jax.random.key(3)}
+    clean, _ = compiled(
+        lambda v, x: plain.apply(v, x, train=True, mutable=["batch_stats"]), variables, x
+    )
     for position in ("after_bn", "before_bn", "head"):
         for kind in ("bernoulli", "uniform"):
             model = models.create_model("resnet20", width=4, dropout_rate=0.5,
                                         dropout_position=position, dropout_kind=kind)  # fmt: skip
-            assert n_params(model.init(jax.random.key(0), x)) == n_params(variables)
-            np.testing.assert_array_equal(model.apply(variables, x)[0], reference)
-            noisy, _ = model.apply(variables, x, train=True, rngs=rngs, mutable=["batch_stats"])
-            clean, _ = plain.apply(variables, x, train=True, mutable=["batch_stats"])
+            assert n_params(jax.eval_shape(model.init, jax.random.key(0), x)) == n_params(variables)
+            np.testing.assert_array_equal(
+                compiled(lambda v, x, m=model: m.apply(v, x)[0], variables, x), reference
+            )
+            noisy, _ = compiled(
+                lambda v, x, m=model: m.apply(v, x, train=True, rngs=rngs, mutable=["batch_stats"]),
+                variables, x,
+            )  # fmt: skip
             assert not np.allclose(noisy[0], clean[0])
     with pytest.raises(ConfigError, match="unknown dropout position 'middle'"):
-        models.create_model("resnet20", dropout_position="middle").init(jax.random.key(0), x)
+        jax.eval_shape(models.create_model("resnet20", dropout_position="middle").init,
+                       jax.random.key(0), x)  # fmt: skip
 
 
 def test_cifar_antialias_blurs_the_strided_blocks_and_keeps_the_parameters():
