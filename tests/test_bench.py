@@ -4,8 +4,18 @@ import pytest
 
 from cnnjax import bench, models
 
-KEYS = {"model", "batch_size", "backend", "jax_train_ips", "torch_train_ips", "train_ratio",
-        "jax_eval_ips", "torch_eval_ips", "eval_ratio", "compile_s"}  # fmt: skip
+KEYS = {
+    "model",
+    "batch_size",
+    "backend",
+    "jax_train_ips",
+    "torch_train_ips",
+    "train_ratio",
+    "jax_eval_ips",
+    "torch_eval_ips",
+    "eval_ratio",
+    "compile_s",
+}
 
 
 def test_jax_side_reports_the_promised_fields():

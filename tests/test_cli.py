@@ -128,8 +128,10 @@ def test_missing_and_bad_values_of_plain_flags(command):
     def define():
         flags.DEFINE_integer("batch", 1, "a batch", lower_bound=1)
 
-    assert command(["--batch=0"], define=define) == (2, "error: flag --batch=0: 0 is not a "
-                                                       "positive integer")  # fmt: skip
+    assert command(["--batch=0"], define=define) == (
+        2,
+        "error: flag --batch=0: 0 is not a positive integer",
+    )
     assert command([], arguments=["WORKDIR"]) == (2, "error: missing argument WORKDIR")
 
 
@@ -195,8 +197,12 @@ ENTRY_POINTS = {
 
 
 # Those that load a config import jax: they share one process, the others run in a second one.
-IMPORT_JAX = ("cnnjax.main", "experiments.blur_pool", "experiments.bn_dropout",
-              "experiments/smoke_zoo.py")  # fmt: skip
+IMPORT_JAX = (
+    "cnnjax.main",
+    "experiments.blur_pool",
+    "experiments.bn_dropout",
+    "experiments/smoke_zoo.py",
+)
 
 
 def test_every_entry_point_reports_each_mistake_as_one_error_line(tmp_path):

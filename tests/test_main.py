@@ -73,10 +73,13 @@ def test_missing_config_file_is_reported(bad_input_results):
 
 def test_model_and_data_shapes_that_do_not_fit(tmp_path, tfds_dir):
     result = run_main(
-        "--config=configs/default.py", f"--workdir={tmp_path}", "--config.dataset=cifar10_jpeg",
-        f"--config.data_dir={tfds_dir}", "--config.data.train_split=train[:1%]",
+        "--config=configs/default.py",
+        f"--workdir={tmp_path}",
+        "--config.dataset=cifar10_jpeg",
+        f"--config.data_dir={tfds_dir}",
+        "--config.data.train_split=train[:1%]",
         "--config.data.eval_split=test[:1%]",
-    )  # fmt: skip
+    )
     assert_one_error_line(result, "images have 3 channels but the model expects 1")
 
 

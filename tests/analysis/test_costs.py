@@ -26,8 +26,9 @@ def test_lenet5_macs_by_hand():
 def test_conv_macs_are_outputs_times_kernel_per_output_channel(groups, strides, impl):
     x = jax.ShapeDtypeStruct((2, 9, 9, 8), jnp.float32)
     w = jax.ShapeDtypeStruct((3, 3, 8 // groups, 12), jnp.float32)
-    macs = count_macs(lambda a, b: conv_ops.conv2d(a, b, None, strides, 1, groups=groups,
-                                                    impl=impl), x, w)  # fmt: skip
+    macs = count_macs(
+        lambda a, b: conv_ops.conv2d(a, b, None, strides, 1, groups=groups, impl=impl), x, w
+    )
     out = (9 + 2 - 3) // strides + 1
     assert macs == 2 * out * out * 12 * (3 * 3 * 8 // groups)
 

@@ -16,26 +16,56 @@ from tests.conftest import ROOT
 # pages print them in their "GFLOPS" column (`weights.meta["_ops"]`, which counts conv and
 # linear multiply-adds), and MobileNet v1's paper (Howard et al. 2017, Table 8: 569M mult-adds).
 PUBLISHED_GMACS = {
-    "alexnet": 0.714, "vgg11": 7.609, "vgg11_bn": 7.609, "vgg13": 11.308, "vgg13_bn": 11.308,
-    "vgg16": 15.47, "vgg16_bn": 15.47, "vgg19": 19.632, "vgg19_bn": 19.632,
-    "googlenet": 1.498, "inception_v3": 5.713, "resnet18": 1.814, "resnet34": 3.664,
-    "resnet50": 4.089, "resnet101": 7.801, "resnet152": 11.514, "densenet121": 2.834,
-    "densenet161": 7.728, "densenet169": 3.36, "densenet201": 4.291, "mobilenet_v2": 0.301,
-    "convnext_tiny": 4.456, "convnext_small": 8.684, "convnext_base": 15.355,
+    "alexnet": 0.714,
+    "vgg11": 7.609,
+    "vgg11_bn": 7.609,
+    "vgg13": 11.308,
+    "vgg13_bn": 11.308,
+    "vgg16": 15.47,
+    "vgg16_bn": 15.47,
+    "vgg19": 19.632,
+    "vgg19_bn": 19.632,
+    "googlenet": 1.498,
+    "inception_v3": 5.713,
+    "resnet18": 1.814,
+    "resnet34": 3.664,
+    "resnet50": 4.089,
+    "resnet101": 7.801,
+    "resnet152": 11.514,
+    "densenet121": 2.834,
+    "densenet161": 7.728,
+    "densenet169": 3.36,
+    "densenet201": 4.291,
+    "mobilenet_v2": 0.301,
+    "convnext_tiny": 4.456,
+    "convnext_small": 8.684,
+    "convnext_base": 15.355,
     "mobilenet_v1": 0.569,
-}  # fmt: skip
+}
 TORCHVISION_WEIGHTS = {
-    "alexnet": "AlexNet", "googlenet": "GoogLeNet", "inception_v3": "Inception_V3",
-    "mobilenet_v2": "MobileNet_V2", "convnext_tiny": "ConvNeXt_Tiny",
-    "convnext_small": "ConvNeXt_Small", "convnext_base": "ConvNeXt_Base",
-}  # fmt: skip
+    "alexnet": "AlexNet",
+    "googlenet": "GoogLeNet",
+    "inception_v3": "Inception_V3",
+    "mobilenet_v2": "MobileNet_V2",
+    "convnext_tiny": "ConvNeXt_Tiny",
+    "convnext_small": "ConvNeXt_Small",
+    "convnext_base": "ConvNeXt_Base",
+}
 
 
 # Deeper or wider variants of a default-suite model, and Inception v3 (the largest trace; its
 # receptive fields are checked by default in test_receptive_field), run with `-m slow`: tracing
 # each costs 1-3 s.
-SLOW_MACS = {"resnet101", "resnet152", "densenet161", "densenet169", "densenet201",
-             "convnext_small", "convnext_base", "inception_v3"}  # fmt: skip
+SLOW_MACS = {
+    "resnet101",
+    "resnet152",
+    "densenet161",
+    "densenet169",
+    "densenet201",
+    "convnext_small",
+    "convnext_base",
+    "inception_v3",
+}
 assert SLOW_MACS <= set(PUBLISHED_GMACS), SLOW_MACS - set(PUBLISHED_GMACS)
 
 
@@ -66,9 +96,15 @@ def test_published_table_is_torchvisions(name):
 # heads) runs with `-m slow`; its trace totals are checked by default in test_trace.
 @pytest.mark.parametrize(
     "name",
-    ["lenet5", "resnet20", pytest.param("googlenet", marks=pytest.mark.slow), "tcn1d", "capsnet",
-     "densenet_bc_100"],
-)  # fmt: skip
+    [
+        "lenet5",
+        "resnet20",
+        pytest.param("googlenet", marks=pytest.mark.slow),
+        "tcn1d",
+        "capsnet",
+        "densenet_bc_100",
+    ],
+)
 def test_totals_come_from_the_trace_and_memory_from_the_train_step(name):
     result = summarize(name, batch=4, device="t4")
     table = trace_model(name, batch=4)

@@ -28,8 +28,18 @@ LOGITS_NOT_FROM_LAST_ROW = {"capsnet"}
 # with unused auxiliary heads, depthwise convs, ConvNeXt's per-position dense layers, capsules, an
 # MLP, a 1-D net); every registry model with `-m slow` (0.2-5 s each: the rest are deeper or wider
 # variants of the same code).
-FAST_REGISTRY = {"lenet5", "vgg16_bn", "resnet20", "densenet121", "googlenet", "mobilenet_v1_050",
-                 "convnext_tiny", "capsnet", "lenet300_100", "tcn1d"}  # fmt: skip
+FAST_REGISTRY = {
+    "lenet5",
+    "vgg16_bn",
+    "resnet20",
+    "densenet121",
+    "googlenet",
+    "mobilenet_v1_050",
+    "convnext_tiny",
+    "capsnet",
+    "lenet300_100",
+    "tcn1d",
+}
 assert FAST_REGISTRY <= set(models.list_models()), FAST_REGISTRY - set(models.list_models())
 
 
@@ -123,10 +133,24 @@ class _Outer(nn.Module):
 def test_attribution_through_custom_vjp_jit_shared_modules_and_functions():
     table = trace_model(_Outer(), input_shape=(8, 8, 1))
     rows = {r.name: r for r in table.rows}
-    assert list(rows) == ["stem", "blk/c", "blk/c#2", "max_pool_0", "bn", "global_avg_pool_0",
-                          "head"]  # fmt: skip
-    assert [r.op for r in table.rows] == ["conv", "conv", "conv", "max_pool", "norm",
-                                          "global_avg_pool", "dense"]  # fmt: skip
+    assert list(rows) == [
+        "stem",
+        "blk/c",
+        "blk/c#2",
+        "max_pool_0",
+        "bn",
+        "global_avg_pool_0",
+        "head",
+    ]
+    assert [r.op for r in table.rows] == [
+        "conv",
+        "conv",
+        "conv",
+        "max_pool",
+        "norm",
+        "global_avg_pool",
+        "dense",
+    ]
     assert rows["blk/c"].module == "Conv2d" and rows["max_pool_0"].module == "_Outer"
     # The shared conv's parameters are counted once, on its first call.
     assert rows["blk/c"].params == 3 * 3 * 4 * 4 + 4 and rows["blk/c#2"].params == 0
@@ -205,8 +229,21 @@ def test_rendering_has_a_header_and_one_line_per_conv():
     table = trace_model("vgg16")
     text = str(table)
     lines = text.splitlines()
-    assert lines[0].split() == ["name", "op", "output", "kernel", "stride", "dilation", "groups",
-                                "params", "macs", "flops", "rf", "jump", "start"]  # fmt: skip
+    assert lines[0].split() == [
+        "name",
+        "op",
+        "output",
+        "kernel",
+        "stride",
+        "dilation",
+        "groups",
+        "params",
+        "macs",
+        "flops",
+        "rf",
+        "jump",
+        "start",
+    ]
     conv_lines = [line for line in lines if line.split()[1:2] == ["conv"]]
     assert [line.split()[0] for line in conv_lines] == [
         r.name for r in table.rows if r.op == "conv"
@@ -222,8 +259,12 @@ def test_rendering_has_a_header_and_one_line_per_conv():
 def test_json_round_trips():
     table = traced("googlenet")  # concatenations, unused auxiliary heads, global RFs
     data = json.loads(table.to_json())
-    assert data["totals"] == {"params": table.params, "macs": table.macs, "flops": table.flops,
-                              "activation_bytes": table.activation_bytes}  # fmt: skip
+    assert data["totals"] == {
+        "params": table.params,
+        "macs": table.macs,
+        "flops": table.flops,
+        "activation_bytes": table.activation_bytes,
+    }
     again = LayerTable.from_json(table.to_json(indent=1))
     assert again == table
     assert str(again) == str(table)

@@ -9,12 +9,17 @@ from cnnjax.layers.norm import BatchNorm
 
 @pytest.mark.parametrize(
     "kind, rate, mean, width, corr",
-    [("bernoulli", 0.5, 0.0, 1, 0.0), ("bernoulli", 0.3, 1.0, 1, 0.0),
-     ("uniform", 0.5, 0.5, 1, 0.0), ("gaussian", 0.3, 0.0, 1, 0.0),
-     ("bernoulli", 0.5, 0.5, 16, 0.5)],
-)  # fmt: skip
-def test_toy_shift_measured_with_the_real_layers_matches_the_prediction(kind, rate, mean, width,
-                                                                        corr):  # fmt: skip
+    [
+        ("bernoulli", 0.5, 0.0, 1, 0.0),
+        ("bernoulli", 0.3, 1.0, 1, 0.0),
+        ("uniform", 0.5, 0.5, 1, 0.0),
+        ("gaussian", 0.3, 0.0, 1, 0.0),
+        ("bernoulli", 0.5, 0.5, 16, 0.5),
+    ],
+)
+def test_toy_shift_measured_with_the_real_layers_matches_the_prediction(
+    kind, rate, mean, width, corr
+):
     if width == 1:
         predicted = vs.predicted_shift(kind, rate, mean)
     else:
@@ -51,8 +56,9 @@ def _trained(rate, steps=150):
 
     @jax.jit
     def step(variables, x, key):
-        _, updates = model.apply(variables, x, train=True, mutable=["batch_stats"],
-                                 rngs={"dropout": key})  # fmt: skip
+        _, updates = model.apply(
+            variables, x, train=True, mutable=["batch_stats"], rngs={"dropout": key}
+        )
         return {**variables, **updates}
 
     for i, x in enumerate(data):

@@ -11,9 +11,13 @@ from cnnjax.analysis import xla_check
 def _conv(padding, strides=(1, 1), groups=1):
     def conv(x, w):
         return jax.lax.conv_general_dilated(
-            x, w, strides, padding, dimension_numbers=("NHWC", "HWIO", "NHWC"),
+            x,
+            w,
+            strides,
+            padding,
+            dimension_numbers=("NHWC", "HWIO", "NHWC"),
             feature_group_count=groups,
-        )  # fmt: skip
+        )
 
     return conv
 

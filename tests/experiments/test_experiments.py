@@ -29,11 +29,14 @@ from tests.train.compile_cache import persistent_compile_cache
 
 def test_paired_differences_pair_runs_by_seed_and_give_a_t_interval():
     records = [
-        {"arm": "base", "seed": 0, "acc": 0.50}, {"arm": "base", "seed": 1, "acc": 0.60},
-        {"arm": "base", "seed": 2, "acc": 0.70}, {"arm": "new", "seed": 0, "acc": 0.52},
-        {"arm": "new", "seed": 1, "acc": 0.63}, {"arm": "new", "seed": 2, "acc": 0.71},
+        {"arm": "base", "seed": 0, "acc": 0.50},
+        {"arm": "base", "seed": 1, "acc": 0.60},
+        {"arm": "base", "seed": 2, "acc": 0.70},
+        {"arm": "new", "seed": 0, "acc": 0.52},
+        {"arm": "new", "seed": 1, "acc": 0.63},
+        {"arm": "new", "seed": 2, "acc": 0.71},
         {"arm": "new", "seed": 3, "acc": 0.99},  # no baseline run with seed 3: not paired
-    ]  # fmt: skip
+    ]
     (row,) = paired_differences(records, lambda arm: "base", ["acc"])
     # differences 0.02, 0.03, 0.01: mean 0.02, std 0.01, t(0.975, 2) = 4.3027
     assert (row["arm"], row["baseline"], row["n"]) == ("new", "base", 3)
@@ -65,8 +68,9 @@ def test_arm_names_parse_and_bad_ones_are_explained():
     arm = bn_dropout.parse_arm("before_bn_uniform_0.3")
     assert arm.overrides["model_kwargs.dropout_kind"] == "uniform"
     assert arm.overrides["model_kwargs.dropout_rate"] == 0.3
-    assert bn_dropout.parse_arm("none") == Arm("none", {"model_kwargs.dropout_rate": 0.0},
-                                                "no dropout")  # fmt: skip
+    assert bn_dropout.parse_arm("none") == Arm(
+        "none", {"model_kwargs.dropout_rate": 0.0}, "no dropout"
+    )
     with pytest.raises(ConfigError, match="before_bn"):
         bn_dropout.parse_arm("beforebn_0.5")
     config = blur_config.get_config("cpu")
@@ -163,8 +167,10 @@ RESULTS = pathlib.Path(__file__).resolve().parents[2] / "experiments" / "results
 def test_checked_in_results_page_is_the_table_of_its_run_records(module, runs):
     name = module.__name__.split(".")[-1]
     payload = json.loads((RESULTS / f"{name}.json").read_text())
-    records = [json.loads(p.read_text()) for p in
-               sorted((RESULTS / f"{name}_cpu_runs").glob("*/seed*/result.json"))]  # fmt: skip
+    records = [
+        json.loads(p.read_text())
+        for p in sorted((RESULTS / f"{name}_cpu_runs").glob("*/seed*/result.json"))
+    ]
     if hasattr(module, "add_curve_scalars"):
         module.add_curve_scalars(records)
     assert len(records) == len(payload["runs"]) == runs

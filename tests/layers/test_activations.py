@@ -21,8 +21,9 @@ def test_gelu_values_and_derivatives_equal_jax_nn_gelu(approximate):
         ours, theirs = jax.grad(ours), jax.grad(theirs)
         np.testing.assert_allclose(jax.vmap(ours)(X), jax.vmap(theirs)(X), rtol=2e-5, atol=2e-6)
     _, tangent = jax.jvp(lambda x: gelu(x, approximate), (X,), (jnp.ones_like(X),))
-    np.testing.assert_allclose(tangent, jax.vmap(jax.grad(gelu), (0, None))(X, approximate),
-                               rtol=1e-6)  # fmt: skip
+    np.testing.assert_allclose(
+        tangent, jax.vmap(jax.grad(gelu), (0, None))(X, approximate), rtol=1e-6
+    )
 
 
 @pytest.mark.parametrize("approximate", [False, True], ids=["erf", "tanh"])

@@ -22,8 +22,7 @@ def normal(seed, *shape):
 
 def loss_fn(impl, strides, pads, dilation, groups):
     def loss(x, w, probe):
-        y = conv_ops.conv(x, w, None, strides, pads, dilation, groups, precision=HIGHEST,
-                          impl=impl)  # fmt: skip
+        y = conv_ops.conv(x, w, None, strides, pads, dilation, groups, precision=HIGHEST, impl=impl)
         return jnp.sum(y * probe)  # a random linear functional exercises every output gradient
 
     return loss
@@ -110,11 +109,20 @@ def test_explicit_backprop_module_trains_like_the_native_one():
     def grads(module):
         return jax.grad(lambda v: jnp.sum(jnp.tanh(module.apply(v, x))))(variables)
 
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5),
-                 grads(explicit), grads(native))  # fmt: skip
+    jax.tree.map(
+        lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5),
+        grads(explicit),
+        grads(native),
+    )
 
 
 def test_unknown_backward_kernel_is_a_config_error():
     with pytest.raises(ConfigError, match="backward kernel"):
-        backprop.explicit_conv(np.zeros((1, 3, 3, 1)), np.zeros((1, 1, 1, 1)), (1, 1),
-                               ((0, 0), (0, 0)), (1, 1), backward="pallas")  # fmt: skip
+        backprop.explicit_conv(
+            np.zeros((1, 3, 3, 1)),
+            np.zeros((1, 1, 1, 1)),
+            (1, 1),
+            ((0, 0), (0, 0)),
+            (1, 1),
+            backward="pallas",
+        )

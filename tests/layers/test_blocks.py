@@ -32,8 +32,9 @@ def normal(seed, *shape):
 def randomize(variables, seed=1):
     """Random params (BN gains and shifts too, so a misplaced BN cannot hide); stats kept."""
     rng = np.random.default_rng(seed)
-    params = jax.tree.map(lambda v: rng.normal(size=v.shape).astype(np.float32),
-                          variables["params"])  # fmt: skip
+    params = jax.tree.map(
+        lambda v: rng.normal(size=v.shape).astype(np.float32), variables["params"]
+    )
     return {**variables, "params": params}
 
 
@@ -68,8 +69,10 @@ def test_every_order_has_the_right_params_and_batch_stats(order):
 def test_every_order_runs_under_jit_in_train_and_eval():
     """All 49 orders in one jitted function (one compilation instead of 49)."""
     x = normal(0, 2, 5, 5, C_IN)
-    blocks = {o: ConvBlock(FEATURES, order=o, dropout_rate=0.5 if "drop" in o else 0.0)
-              for o in ALL_ORDERS}  # fmt: skip
+    blocks = {
+        o: ConvBlock(FEATURES, order=o, dropout_rate=0.5 if "drop" in o else 0.0)
+        for o in ALL_ORDERS
+    }
     variables = {o: b.init(rng_key(0), x, False) for o, b in blocks.items()}
 
     @jax.jit
@@ -104,9 +107,13 @@ def numpy_reference(order, variables, x, train):
     for token in order.split("-"):
         if token == "conv":
             x = lax.conv_general_dilated(
-                x.astype(np.float32), p["conv"]["kernel"], (1, 1), "SAME",
-                dimension_numbers=("NHWC", "HWIO", "NHWC"), precision=lax.Precision.HIGHEST,
-            )  # fmt: skip
+                x.astype(np.float32),
+                p["conv"]["kernel"],
+                (1, 1),
+                "SAME",
+                dimension_numbers=("NHWC", "HWIO", "NHWC"),
+                precision=lax.Precision.HIGHEST,
+            )
             x = np.asarray(x, np.float64) + np.asarray(p["conv"].get("bias", 0.0))
         elif token == "bn":
             if train:
@@ -127,11 +134,13 @@ def test_block_applies_the_pieces_in_order(order, train):
     variables = randomize(block.init(rng_key(0), x, False))
     if "bn" in order:  # non-trivial running statistics for eval
         channels = variables["batch_stats"]["bn"]["mean"].shape
-        variables["batch_stats"] = {"bn": {"mean": normal(3, *channels),
-                                           "var": np.abs(normal(4, *channels)) + 0.5}}  # fmt: skip
+        variables["batch_stats"] = {
+            "bn": {"mean": normal(3, *channels), "var": np.abs(normal(4, *channels)) + 0.5}
+        }
     got = block.apply(variables, x, train, mutable=["batch_stats"])[0]
-    np.testing.assert_allclose(got, numpy_reference(order, variables, x, train), rtol=1e-4,
-                               atol=1e-4)  # fmt: skip
+    np.testing.assert_allclose(
+        got, numpy_reference(order, variables, x, train), rtol=1e-4, atol=1e-4
+    )
 
 
 def test_order_is_visible_in_the_output_statistics():
@@ -163,8 +172,9 @@ def test_channel_dropout_drops_whole_feature_maps():
     y = np.asarray(block.apply(variables, x, True, rngs={"dropout": rng_key(1)}))
     kept = np.abs(y).sum((1, 2)) > 0  # (N, C)
     assert 0.2 < kept.mean() < 0.8
-    np.testing.assert_allclose(y, np.where(kept[:, None, None, :], 2 * clean, 0.0), rtol=1e-5,
-                               atol=1e-6)  # fmt: skip
+    np.testing.assert_allclose(
+        y, np.where(kept[:, None, None, :], 2 * clean, 0.0), rtol=1e-5, atol=1e-6
+    )
 
 
 def test_drop_token_with_rate_zero_is_identity():

@@ -25,10 +25,22 @@ from cnnjax.layers.pooling import avg_pool2d, max_pool2d
 from tests.layers.helpers import rng_key
 
 HIGHEST = lax.Precision.HIGHEST
-NUMPY_MODES = {"zeros": "constant", "constant": "constant", "reflect": "reflect",
-               "replicate": "edge", "circular": "wrap"}  # fmt: skip
-PASCAL = {1: [1], 2: [1, 1], 3: [1, 2, 1], 4: [1, 3, 3, 1], 5: [1, 4, 6, 4, 1],
-          6: [1, 5, 10, 10, 5, 1], 7: [1, 6, 15, 20, 15, 6, 1]}  # fmt: skip
+NUMPY_MODES = {
+    "zeros": "constant",
+    "constant": "constant",
+    "reflect": "reflect",
+    "replicate": "edge",
+    "circular": "wrap",
+}
+PASCAL = {
+    1: [1],
+    2: [1, 1],
+    3: [1, 2, 1],
+    4: [1, 3, 3, 1],
+    5: [1, 4, 6, 4, 1],
+    6: [1, 5, 10, 10, 5, 1],
+    7: [1, 6, 15, 20, 15, 6, 1],
+}
 
 
 def normal(seed, *shape):
@@ -95,8 +107,9 @@ def test_blur_pool_matches_torch_depthwise_conv(size, stride):
     padded = functional.pad(xt, (before, after, before, after), mode="reflect")
     weight = torch.from_numpy(np.tile(binomial_filter(size), (3, 1, 1, 1))).double()
     expected = functional.conv2d(padded, weight, stride=stride, groups=3)
-    np.testing.assert_allclose(blur_pool2d(x, size, stride), expected.numpy().transpose(0, 2, 3, 1),
-                               rtol=1e-5, atol=1e-6)  # fmt: skip
+    np.testing.assert_allclose(
+        blur_pool2d(x, size, stride), expected.numpy().transpose(0, 2, 3, 1), rtol=1e-5, atol=1e-6
+    )
 
 
 def test_modules_follow_the_papers_recipes():
@@ -118,8 +131,7 @@ def test_modules_follow_the_papers_recipes():
     assert jax.tree.map(jnp.shape, variables["params"]["conv"]) == jax.tree.map(
         jnp.shape, conv_variables["params"]
     )
-    expected = blur_pool2d(jax.nn.relu(Conv2d(5).apply({"params": variables["params"]["conv"]},
-                                                       x)))  # fmt: skip
+    expected = blur_pool2d(jax.nn.relu(Conv2d(5).apply({"params": variables["params"]["conv"]}, x)))
     np.testing.assert_allclose(jax.jit(module.apply)(variables, x), expected, rtol=1e-5, atol=1e-6)
     assert module.apply(variables, x).shape == (2, 5, 5, 5)
 
@@ -148,8 +160,9 @@ def test_circular_stride_one_convolution_is_shift_equivariant():
     conv = jax.jit(circular_conv)
     y = conv(x, w)
     for shift in [(1, 0), (0, 1), (2, 3), (-4, 5)]:
-        np.testing.assert_allclose(conv(jnp.roll(x, shift, (1, 2)), w), jnp.roll(y, shift, (1, 2)),
-                                   rtol=1e-5, atol=1e-5)  # fmt: skip
+        np.testing.assert_allclose(
+            conv(jnp.roll(x, shift, (1, 2)), w), jnp.roll(y, shift, (1, 2)), rtol=1e-5, atol=1e-5
+        )
 
 
 def shift_deviation(pool, x):

@@ -47,16 +47,22 @@ def test_conv2d_matches_numpy_loop(kernel, stride, padding, dilation, groups):
     rng = np.random.default_rng(0)
     x = rng.normal(size=(2, 7, 6, 4)).astype(np.float32)
     conv = Conv2d(
-        features=4, kernel_size=kernel, strides=stride, padding=padding, dilation=dilation,
-        groups=groups, precision=jax.lax.Precision.HIGHEST,
-    )  # fmt: skip
+        features=4,
+        kernel_size=kernel,
+        strides=stride,
+        padding=padding,
+        dilation=dilation,
+        groups=groups,
+        precision=jax.lax.Precision.HIGHEST,
+    )
     variables = conv.init(rng_key(0), x)
     variables = jax.tree.map(lambda v: rng.normal(size=v.shape).astype(np.float32), variables)
     got = np.asarray(conv.apply(variables, x))
     pads = resolve_padding(padding, (kernel, kernel), (dilation, dilation))
     p = variables["params"]
-    expected = numpy_conv(x, np.asarray(p["kernel"]), np.asarray(p["bias"]), stride, pads,
-                          dilation, groups)  # fmt: skip
+    expected = numpy_conv(
+        x, np.asarray(p["kernel"]), np.asarray(p["bias"]), stride, pads, dilation, groups
+    )
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
 
 

@@ -11,8 +11,12 @@ from cnnjax.layers import conv_ops
 torch = pytest.importorskip("torch")
 F = torch.nn.functional
 HIGHEST = lax.Precision.HIGHEST
-TORCH_MODES = {"zeros": "constant", "reflect": "reflect", "replicate": "replicate",
-               "circular": "circular"}  # fmt: skip
+TORCH_MODES = {
+    "zeros": "constant",
+    "reflect": "reflect",
+    "replicate": "replicate",
+    "circular": "circular",
+}
 
 
 def to_torch_images(x):
@@ -47,11 +51,13 @@ def test_conv2d_matches_torch_for_every_padding_mode(mode, kernel, stride, dilat
         normal(1, kernel, kernel, 2, 3 * groups),
         normal(2, 3 * groups),
     )
-    got = conv_ops.conv2d(x, w, b, stride, pad, dilation, groups, padding_mode=mode,
-                          precision=HIGHEST)  # fmt: skip
+    got = conv_ops.conv2d(
+        x, w, b, stride, pad, dilation, groups, padding_mode=mode, precision=HIGHEST
+    )
     padded = F.pad(to_torch_images(x), (pad,) * 4, mode=TORCH_MODES[mode])
-    expected = F.conv2d(padded, to_torch_kernel(w), torch.from_numpy(b).double(), stride, 0,
-                        dilation, groups)  # fmt: skip
+    expected = F.conv2d(
+        padded, to_torch_kernel(w), torch.from_numpy(b).double(), stride, 0, dilation, groups
+    )
     np.testing.assert_allclose(got, from_torch_images(expected), rtol=1e-4, atol=1e-4)
 
 
@@ -71,15 +77,23 @@ def test_conv_transpose2d_matches_torch(kernel, stride, dilation, groups, pad, d
     cin_g, cout_g = 2, 3
     x = normal(0, 2, 4, 3, cin_g * groups)
     w = normal(1, kernel, kernel, cin_g, cout_g * groups)
-    got = conv_ops.conv_transpose2d(x, w, None, stride, pad, output_padding, dilation=dilation,
-                                    groups=groups, precision=HIGHEST)  # fmt: skip
-    torch_w = (w.reshape(kernel, kernel, cin_g, groups, cout_g).transpose(3, 2, 4, 0, 1)
-               .reshape(groups * cin_g, cout_g, kernel, kernel))  # fmt: skip
+    got = conv_ops.conv_transpose2d(
+        x, w, None, stride, pad, output_padding, dilation=dilation, groups=groups, precision=HIGHEST
+    )
+    torch_w = (
+        w.reshape(kernel, kernel, cin_g, groups, cout_g)
+        .transpose(3, 2, 4, 0, 1)
+        .reshape(groups * cin_g, cout_g, kernel, kernel)
+    )
     expected = F.conv_transpose2d(
-        to_torch_images(x), torch.from_numpy(np.ascontiguousarray(torch_w)).double(),
-        stride=stride, padding=pad, output_padding=output_padding, groups=groups,
+        to_torch_images(x),
+        torch.from_numpy(np.ascontiguousarray(torch_w)).double(),
+        stride=stride,
+        padding=pad,
+        output_padding=output_padding,
+        groups=groups,
         dilation=dilation,
-    )  # fmt: skip
+    )
     np.testing.assert_allclose(got, from_torch_images(expected), rtol=1e-4, atol=1e-4)
 
 
@@ -89,7 +103,13 @@ def test_conv_transpose2d_matches_torch(kernel, stride, dilation, groups, pad, d
 def test_conv1d_matches_torch(stride, pad, dilation, groups):
     x, w = normal(0, 2, 20, 3 * groups), normal(1, 3, 3, 2 * groups)
     got = conv_ops.conv1d(x, w, None, stride, pad, dilation, groups, precision=HIGHEST)
-    expected = F.conv1d(torch.from_numpy(np.moveaxis(x, -1, 1)).double(),
-                        torch.from_numpy(np.ascontiguousarray(w.transpose(2, 1, 0))).double(),
-                        None, stride, pad, dilation, groups)  # fmt: skip
+    expected = F.conv1d(
+        torch.from_numpy(np.moveaxis(x, -1, 1)).double(),
+        torch.from_numpy(np.ascontiguousarray(w.transpose(2, 1, 0))).double(),
+        None,
+        stride,
+        pad,
+        dilation,
+        groups,
+    )
     np.testing.assert_allclose(got, np.moveaxis(expected.numpy(), 1, -1), rtol=1e-4, atol=1e-4)

@@ -39,8 +39,16 @@ def conv_cases(draw):
     size = draw(st.integers(dilation * (kernel - 1) + 1, 8))
     max_pad = size - 1 if mode == "reflect" else 2
     before, after = draw(st.integers(0, max_pad)), draw(st.integers(0, max_pad))
-    return dict(groups=groups, kernel=kernel, dilation=dilation, stride=stride, mode=mode,
-                size=size, pads=(before, after), flip=draw(st.booleans()))  # fmt: skip
+    return dict(
+        groups=groups,
+        kernel=kernel,
+        dilation=dilation,
+        stride=stride,
+        mode=mode,
+        size=size,
+        pads=(before, after),
+        flip=draw(st.booleans()),
+    )
 
 
 @settings(max_examples=30, deadline=None)
@@ -52,9 +60,17 @@ def test_conv2d_with_padding_modes_matches_numpy_loop(case):
     b = normal(2, 2 * g)
     pads = (case["pads"], case["pads"][::-1])
     got = conv_ops.conv2d(
-        x, w, b, case["stride"], pads, case["dilation"], g, padding_mode=case["mode"],
-        flip_kernel=case["flip"], precision=HIGHEST,
-    )  # fmt: skip
+        x,
+        w,
+        b,
+        case["stride"],
+        pads,
+        case["dilation"],
+        g,
+        padding_mode=case["mode"],
+        flip_kernel=case["flip"],
+        precision=HIGHEST,
+    )
     padded = np.pad(x, ((0, 0), *pads, (0, 0)), mode=NUMPY_PAD[case["mode"]])
     kernel = w[::-1, ::-1] if case["flip"] else w
     expected = numpy_conv(padded, kernel, b, case["stride"], ((0, 0), (0, 0)), case["dilation"], g)
@@ -74,8 +90,9 @@ def numpy_conv1d(x, w, stride, pads, dilation):
 def test_conv1d_matches_numpy_loop(stride, pads, dilation):
     x, w = normal(0, 2, 11, 3), normal(1, 3, 3, 4)
     got = conv_ops.conv1d(x, w, None, stride, [pads], dilation, precision=HIGHEST)
-    np.testing.assert_allclose(got, numpy_conv1d(x, w, stride, pads, dilation), rtol=1e-5,
-                               atol=1e-5)  # fmt: skip
+    np.testing.assert_allclose(
+        got, numpy_conv1d(x, w, stride, pads, dilation), rtol=1e-5, atol=1e-5
+    )
 
 
 def numpy_conv_transpose(x, w, stride, pads, output_padding, dilation, groups):
@@ -93,8 +110,12 @@ def numpy_conv_transpose(x, w, stride, pads, output_padding, dilation, groups):
                     for g in range(groups):
                         xs = x[:, i, j, g * cin_g : (g + 1) * cin_g]
                         ws = w[a, b, :, g * cout_g : (g + 1) * cout_g]
-                        out[:, i * stride + a * dilation, j * stride + b * dilation,
-                            g * cout_g : (g + 1) * cout_g] += xs @ ws  # fmt: skip
+                        out[
+                            :,
+                            i * stride + a * dilation,
+                            j * stride + b * dilation,
+                            g * cout_g : (g + 1) * cout_g,
+                        ] += xs @ ws
     (top, bottom), (left, right) = pads
     return out[:, top : full_h - bottom, left : full_w - right]
 
@@ -113,14 +134,22 @@ def test_conv_transpose2d_matches_numpy_scatter(stride, kernel, dilation, groups
     pad = min(pad, dilation * (kernel - 1))  # keep the output non-empty for 1-pixel inputs
     x, w = normal(0, 2, 3, 4, 2 * groups), normal(1, kernel, kernel, 2, 3 * groups)
     got = conv_ops.conv_transpose2d(
-        x, w, None, stride, pad, output_padding, dilation=dilation, groups=groups,
+        x,
+        w,
+        None,
+        stride,
+        pad,
+        output_padding,
+        dilation=dilation,
+        groups=groups,
         precision=HIGHEST,
-    )  # fmt: skip
+    )
     pads = ((pad, pad - output_padding), (pad, pad - output_padding))
     expected = numpy_conv_transpose(x, w, stride, pads, 0, dilation, groups)
     if output_padding:  # output_padding appends rows the scatter form leaves at zero
-        expected = numpy_conv_transpose(x, w, stride, ((pad, pad),) * 2, output_padding, dilation,
-                                        groups)  # fmt: skip
+        expected = numpy_conv_transpose(
+            x, w, stride, ((pad, pad),) * 2, output_padding, dilation, groups
+        )
     np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4)
 
 
@@ -139,9 +168,16 @@ def test_transposed_conv_is_the_vjp_of_the_conv(stride, pad, dilation, groups):
     # The adjoint maps C_out -> C_in: swap the kernel's channel roles within each group.
     w_t = w.reshape(3, 3, 2, groups, 4).transpose(0, 1, 4, 3, 2).reshape(3, 3, 4, 2 * groups)
     got = conv_ops.conv_transpose2d(
-        cotangent, w_t, None, stride, pad, extra, dilation=dilation, groups=groups,
+        cotangent,
+        w_t,
+        None,
+        stride,
+        pad,
+        extra,
+        dilation=dilation,
+        groups=groups,
         precision=HIGHEST,
-    )  # fmt: skip
+    )
     np.testing.assert_allclose(got, vjp(cotangent)[0], rtol=1e-4, atol=1e-4)
 
 
@@ -163,10 +199,13 @@ def test_sobel_is_separable_and_the_separable_path_agrees():
     sobel = np.array([[-1, 0, 1], [-2, 0, 2], [-1, 0, 1]], np.float32)
     np.testing.assert_array_equal(np.outer(column, row), sobel)
     x = normal(3, 2, 9, 7, 1)
-    module = SpatiallySeparableConv2d(features=1, kernel_size=3, padding="same", use_bias=False,
-                                      precision=HIGHEST)  # fmt: skip
-    params = {"vertical": {"kernel": column.reshape(3, 1, 1, 1).astype(np.float32)},
-              "horizontal": {"kernel": row.reshape(1, 3, 1, 1).astype(np.float32)}}  # fmt: skip
+    module = SpatiallySeparableConv2d(
+        features=1, kernel_size=3, padding="same", use_bias=False, precision=HIGHEST
+    )
+    params = {
+        "vertical": {"kernel": column.reshape(3, 1, 1, 1).astype(np.float32)},
+        "horizontal": {"kernel": row.reshape(1, 3, 1, 1).astype(np.float32)},
+    }
     separable = module.apply({"params": params}, x)
     full = conv_ops.conv2d(x, sobel[:, :, None, None], padding="same", precision=HIGHEST)
     np.testing.assert_allclose(separable, full, rtol=1e-5, atol=1e-5)
@@ -223,8 +262,9 @@ def test_circular_conv_commutes_with_circular_shifts():
     x, w = normal(0, 1, 8, 8, 2), normal(1, 3, 3, 2, 3)
 
     def conv(images):
-        return conv_ops.conv2d(images, w, padding="same", padding_mode="circular",
-                               precision=HIGHEST)  # fmt: skip
+        return conv_ops.conv2d(
+            images, w, padding="same", padding_mode="circular", precision=HIGHEST
+        )
 
     shifted = np.roll(x, (2, -3), axis=(1, 2))
     np.testing.assert_allclose(conv(shifted), np.roll(conv(x), (2, -3), axis=(1, 2)), atol=1e-5)
@@ -247,13 +287,15 @@ def test_shape_errors_name_the_layer_and_the_sizes():
     with pytest.raises(ShapeError, match="conv2d: kernel .*larger than the padded input"):
         conv_ops.conv2d(np.zeros((1, 3, 3, 1)), np.zeros((5, 5, 1, 1)), layer="conv2d")
     with pytest.raises(ShapeError, match="reflect padding"):
-        conv_ops.conv2d(np.zeros((1, 3, 3, 1)), np.zeros((3, 3, 1, 1)), padding=3,
-                        padding_mode="reflect")  # fmt: skip
+        conv_ops.conv2d(
+            np.zeros((1, 3, 3, 1)), np.zeros((3, 3, 1, 1)), padding=3, padding_mode="reflect"
+        )
     with pytest.raises(ShapeError, match="expects 4 input channels"):
         conv_ops.conv2d(np.zeros((1, 3, 3, 2)), np.zeros((1, 1, 4, 1)))
     with pytest.raises(ShapeError, match="output_padding"):
-        conv_ops.conv_transpose2d(np.zeros((1, 3, 3, 1)), np.zeros((3, 3, 1, 1)), strides=2,
-                                  output_padding=2)  # fmt: skip
+        conv_ops.conv_transpose2d(
+            np.zeros((1, 3, 3, 1)), np.zeros((3, 3, 1, 1)), strides=2, output_padding=2
+        )
     with pytest.raises(ConfigError, match="did you mean 'circular'"):
         conv_ops.conv2d(np.zeros((1, 3, 3, 1)), np.zeros((1, 1, 1, 1)), padding_mode="circ")
     with pytest.raises(ShapeError, match="multiple of the input channels"):

@@ -137,8 +137,12 @@ def test_components_resolve_names_and_reject_unknown_ones():
     np.testing.assert_array_equal(resolve_component("pool", "max_blur:1")(x), max_pool2d(x))
     assert resolve_components({"pool": "avg", "width": 4, "act": "gelu"})["width"] == 4
     assert resolve_component("norm", "none") is None
-    for field, name, match in [("pool", "mx", "did you mean 'max'"), ("act", "rellu", "relu"),
-                               ("pool", "max_blur", "filter size"), ("norm", "group", "batch"),
-                               ("conv", "x", "component field")]:  # fmt: skip
+    for field, name, match in [
+        ("pool", "mx", "did you mean 'max'"),
+        ("act", "rellu", "relu"),
+        ("pool", "max_blur", "filter size"),
+        ("norm", "group", "batch"),
+        ("conv", "x", "component field"),
+    ]:
         with pytest.raises(ConfigError, match=match):
             resolve_component(field, name)

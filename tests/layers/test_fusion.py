@@ -31,9 +31,14 @@ ACTS = {None: lambda y: y, "relu": jax.nn.relu, "relu6": jax.nn.relu6}
 
 def _reference(x, w, b, r, act, strides, pads, groups):
     y = lax.conv_general_dilated(
-        x, w, strides, pads, dimension_numbers=("NHWC", "HWIO", "NHWC"),
-        feature_group_count=groups, precision=lax.Precision.HIGHEST,
-    )  # fmt: skip
+        x,
+        w,
+        strides,
+        pads,
+        dimension_numbers=("NHWC", "HWIO", "NHWC"),
+        feature_group_count=groups,
+        precision=lax.Precision.HIGHEST,
+    )
     y = y + b if r is None else y + b + r
     return ACTS[act](y)
 
@@ -96,9 +101,13 @@ def test_fold_batchnorm_is_batchnorm_of_the_convolution():
 
     def conv(x, w):
         return lax.conv_general_dilated(
-            x, w, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"),
+            x,
+            w,
+            (1, 1),
+            "SAME",
+            dimension_numbers=("NHWC", "HWIO", "NHWC"),
             precision=lax.Precision.HIGHEST,
-        )  # fmt: skip
+        )
 
     expected = (conv(x, w) + conv_bias - mean) / jnp.sqrt(var + 1e-5) * scale + beta
     np.testing.assert_allclose(conv(x, folded_w) + folded_b, expected, rtol=1e-5, atol=1e-5)
@@ -135,9 +144,11 @@ FAST_MODEL_CASES = ("mobilenet_v2", "resnet20", "resnet20/dropout_before_bn")
 @needs_onednn
 @pytest.mark.parametrize(
     "case",
-    [c if c in FAST_MODEL_CASES else pytest.param(c, marks=pytest.mark.slow)
-     for c in sorted(MODEL_CASES)],
-)  # fmt: skip
+    [
+        c if c in FAST_MODEL_CASES else pytest.param(c, marks=pytest.mark.slow)
+        for c in sorted(MODEL_CASES)
+    ],
+)
 def test_models_evaluate_the_same_fused_and_unfused(case):
     kwargs, shape = MODEL_CASES[case]
     model = models.create_model(case.split("/")[0], **kwargs)
@@ -237,10 +248,17 @@ def test_non_batchnorm_norms_and_depthwise_convs_follow_the_unfused_definition()
     block = LayerNormBlock()
     variables = host_variables(block, x)
     conv = variables["params"]["conv"]
-    y = lax.conv_general_dilated(
-        x, conv["kernel"], (1, 1), "SAME", feature_group_count=4,
-        dimension_numbers=("NHWC", "HWIO", "NHWC"),
-    ) + conv["bias"]  # fmt: skip
+    y = (
+        lax.conv_general_dilated(
+            x,
+            conv["kernel"],
+            (1, 1),
+            "SAME",
+            feature_group_count=4,
+            dimension_numbers=("NHWC", "HWIO", "NHWC"),
+        )
+        + conv["bias"]
+    )
     ln = variables["params"]["ln"]
     expected = nn.gelu(nn.LayerNorm(epsilon=1e-6).apply({"params": ln}, y))
     np.testing.assert_allclose(block.apply(variables, x), expected, rtol=1e-4, atol=1e-5)
@@ -257,9 +275,11 @@ def test_a_residual_of_the_wrong_shape_is_a_shape_error():
 
     # Variables written out: init would fail on the same addition.
     variables = {
-        "params": {"conv": {"kernel": jnp.ones((3, 3, 4, 4)), "bias": jnp.zeros(4)},
-                   "bn": {"scale": jnp.ones(4), "bias": jnp.zeros(4)}},
+        "params": {
+            "conv": {"kernel": jnp.ones((3, 3, 4, 4)), "bias": jnp.zeros(4)},
+            "bn": {"scale": jnp.ones(4), "bias": jnp.zeros(4)},
+        },
         "batch_stats": {"bn": {"mean": jnp.zeros(4), "var": jnp.ones(4)}},
-    }  # fmt: skip
+    }
     with pytest.raises(ShapeError, match="residual"):
         Bad().apply(variables, jnp.ones((2, 8, 8, 4)))

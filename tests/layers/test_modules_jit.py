@@ -47,16 +47,18 @@ MODULES = {
         L.ConvBlock(6, order="conv-bn-act-drop", dropout_rate=0.1),
         (2, 8, 8, 4),
         {"train": True},
-    ),  # fmt: skip
+    ),
 }
 
 
 def test_the_table_covers_every_exported_module():
     exported = {
-        name for name in L.__all__
-        if isinstance(getattr(L, name), type | functools.partial) and name[0].isupper()
+        name
+        for name in L.__all__
+        if isinstance(getattr(L, name), type | functools.partial)
+        and name[0].isupper()
         and name not in ("CONV_KINDS", "PAD_MODES", "ORDER_TOKENS", "DROPOUT_KINDS")
-    }  # fmt: skip
+    }
     assert exported - {"Dropout2d"} <= set(MODULES), exported - set(MODULES)
 
 
@@ -70,9 +72,12 @@ def test_module_runs_under_jit_and_has_finite_gradients(name):
     @jax.jit
     def loss(params, inputs):
         out, _ = module.apply(
-            {**variables, "params": params}, inputs, **kwargs,
-            rngs={"dropout": rng_key(2)}, mutable=["batch_stats"],
-        )  # fmt: skip
+            {**variables, "params": params},
+            inputs,
+            **kwargs,
+            rngs={"dropout": rng_key(2)},
+            mutable=["batch_stats"],
+        )
         return jnp.sum(out**2)
 
     params = variables.get("params", {})
@@ -86,8 +91,9 @@ def test_depthwise_conv_matches_numpy_grouped_loop():
     module = L.DepthwiseConv2d(6, 3, strides=2, padding=1, precision=jax.lax.Precision.HIGHEST)
     variables = module.init(rng_key(0), x)
     p = variables["params"]
-    expected = numpy_conv(x, np.asarray(p["kernel"]), np.asarray(p["bias"]), 2,
-                          ((1, 1), (1, 1)), 1, groups=3)  # fmt: skip
+    expected = numpy_conv(
+        x, np.asarray(p["kernel"]), np.asarray(p["bias"]), 2, ((1, 1), (1, 1)), 1, groups=3
+    )
     np.testing.assert_allclose(module.apply(variables, x), expected, rtol=1e-5, atol=1e-5)
 
 
@@ -96,7 +102,8 @@ def test_separable_conv_is_depthwise_then_pointwise():
     module = L.SeparableConv2d(5, 3, padding="valid", precision=jax.lax.Precision.HIGHEST)
     variables = module.init(rng_key(0), x)
     p = variables["params"]
-    depthwise = numpy_conv(x, np.asarray(p["depthwise"]["kernel"]), 0.0, 1, ((0, 0), (0, 0)), 1,
-                           groups=3)  # fmt: skip
+    depthwise = numpy_conv(
+        x, np.asarray(p["depthwise"]["kernel"]), 0.0, 1, ((0, 0), (0, 0)), 1, groups=3
+    )
     expected = depthwise @ np.asarray(p["pointwise"]["kernel"])[0, 0] + p["pointwise"]["bias"]
     np.testing.assert_allclose(module.apply(variables, x), expected, rtol=1e-5, atol=1e-5)

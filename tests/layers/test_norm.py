@@ -37,8 +37,9 @@ def normal(seed, *shape, loc=0.0, scale=1.0):
 def with_params(variables, seed):
     """Replaces the params (not the batch statistics) with random values."""
     rng = np.random.default_rng(seed)
-    params = jax.tree.map(lambda v: rng.normal(size=v.shape).astype(np.float32),
-                          variables["params"])  # fmt: skip
+    params = jax.tree.map(
+        lambda v: rng.normal(size=v.shape).astype(np.float32), variables["params"]
+    )
     return {**variables, "params": params}
 
 
@@ -172,8 +173,9 @@ def test_batch_norm_training_saves_only_its_input_for_the_backward_pass(portable
     x, probe = normal(0, 8, 6, 6, 4), normal(1, 8, 6, 6, 4)
 
     def loss(params, x):  # linear in BN's output: the backward pass needs only BN's residuals
-        y, _, _ = batch_norm(x, jnp.zeros(4), jnp.ones(4), params["scale"], params["bias"],
-                             train=True)  # fmt: skip
+        y, _, _ = batch_norm(
+            x, jnp.zeros(4), jnp.ones(4), params["scale"], params["bias"], train=True
+        )
         return jnp.vdot(y, probe)
 
     params = {"scale": jnp.ones(4), "bias": jnp.zeros(4)}
@@ -299,9 +301,12 @@ def test_layer_norm_matches_torch_over_channels():
     torch = pytest.importorskip("torch")
     x, scale, bias = normal(0, 2, 5, 4, 8, loc=3.0), normal(1, 8), normal(2, 8)
     expected = torch.nn.functional.layer_norm(
-        torch.from_numpy(x).double(), (8,), torch.from_numpy(scale).double(),
-        torch.from_numpy(bias).double(), eps=1e-6,
-    ).numpy()  # fmt: skip
+        torch.from_numpy(x).double(),
+        (8,),
+        torch.from_numpy(scale).double(),
+        torch.from_numpy(bias).double(),
+        eps=1e-6,
+    ).numpy()
     variables = {"params": {"scale": scale, "bias": bias}}
     np.testing.assert_allclose(jax.jit(LayerNorm().apply)(variables, x), expected, **TOL)
     np.testing.assert_allclose(layer_norm(x, scale, bias), expected, **TOL)
@@ -361,13 +366,20 @@ def numpy_lrn_sum(x, size):
 
 def test_local_response_norm_defaults_gradient_and_errors():
     x = normal(0, 2, 3, 3, 6)
-    np.testing.assert_allclose(LocalResponseNorm().apply({}, x), numpy_lrn(x, 5, 1e-4, 0.75, 2.0),
-                               **TOL)  # fmt: skip
+    np.testing.assert_allclose(
+        LocalResponseNorm().apply({}, x), numpy_lrn(x, 5, 1e-4, 0.75, 2.0), **TOL
+    )
     # The AlexNet paper's alpha=1e-4 (not divided by n) is alpha=5e-4 in PyTorch's convention.
     paper = x / (2.0 + 1e-4 * numpy_lrn_sum(x, 5)) ** 0.75
     np.testing.assert_allclose(local_response_norm(x, 5, alpha=5e-4), paper, **TOL)
-    check_grads(lambda x: local_response_norm(x, 3, 0.5, k=1.0), (x,), order=1, modes=["rev"],
-                atol=1e-2, rtol=1e-2)  # fmt: skip
+    check_grads(
+        lambda x: local_response_norm(x, 3, 0.5, k=1.0),
+        (x,),
+        order=1,
+        modes=["rev"],
+        atol=1e-2,
+        rtol=1e-2,
+    )
     for bad in (0, 2.5, True):
         with pytest.raises(ConfigError, match="size must be a positive int"):
             local_response_norm(x, bad)

@@ -38,9 +38,16 @@ CASES = {
 
 def _reference(x, w, strides, pads, dilation, groups):
     numbers = ("NWC", "WIO", "NWC") if x.ndim == 3 else ("NHWC", "HWIO", "NHWC")
-    return lax.conv_general_dilated(x, w, strides, pads, rhs_dilation=dilation,
-                                    dimension_numbers=numbers, feature_group_count=groups,
-                                    precision=lax.Precision.HIGHEST)  # fmt: skip
+    return lax.conv_general_dilated(
+        x,
+        w,
+        strides,
+        pads,
+        rhs_dilation=dilation,
+        dimension_numbers=numbers,
+        feature_group_count=groups,
+        precision=lax.Precision.HIGHEST,
+    )
 
 
 def _relative(a, b):
@@ -140,8 +147,14 @@ def test_models_give_the_same_logits_and_gradients(name, input_shape):
 
 
 def _run(code, **env):
-    return subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
-                          env={**os.environ, **env}, timeout=300)  # fmt: skip
+    return subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env={**os.environ, **env},
+        timeout=300,
+    )
 
 
 def test_switched_off_falls_back_to_xla(tmp_path):

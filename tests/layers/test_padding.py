@@ -8,8 +8,13 @@ from hypothesis import given, settings
 from cnnjax.errors import ConfigError, ShapeError
 from cnnjax.layers.padding import PAD_MODES, pad
 
-NUMPY_MODES = {"zeros": "constant", "constant": "constant", "reflect": "reflect",
-               "replicate": "edge", "circular": "wrap"}  # fmt: skip
+NUMPY_MODES = {
+    "zeros": "constant",
+    "constant": "constant",
+    "reflect": "reflect",
+    "replicate": "edge",
+    "circular": "wrap",
+}
 
 
 @settings(max_examples=40, deadline=None)
@@ -62,8 +67,12 @@ def test_pad_matches_torch():
     torch = pytest.importorskip("torch")
     x = np.random.default_rng(1).normal(size=(2, 5, 4, 3)).astype(np.float32)
     torch_x = torch.from_numpy(np.moveaxis(x, -1, 1).copy())
-    for mode, torch_mode in [("reflect", "reflect"), ("replicate", "replicate"),
-                             ("circular", "circular"), ("zeros", "constant")]:  # fmt: skip
+    for mode, torch_mode in [
+        ("reflect", "reflect"),
+        ("replicate", "replicate"),
+        ("circular", "circular"),
+        ("zeros", "constant"),
+    ]:
         expected = torch.nn.functional.pad(torch_x, (1, 2, 2, 1), mode=torch_mode)
         got = pad(x, ((2, 1), (1, 2)), mode)
         np.testing.assert_array_equal(got, np.moveaxis(expected.numpy(), 1, -1))

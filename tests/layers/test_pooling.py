@@ -185,8 +185,9 @@ def test_window_pools_match_torch(case, p):
     xt = torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2))).double()
 
     def check(got, expected):
-        np.testing.assert_allclose(got, expected.numpy().transpose(0, 2, 3, 1), rtol=1e-5,
-                                   atol=1e-6)  # fmt: skip
+        np.testing.assert_allclose(
+            got, expected.numpy().transpose(0, 2, 3, 1), rtol=1e-5, atol=1e-6
+        )
 
     check(
         jitted(max_pool2d, kernel, strides, padding, dilation, ceil_mode)(x),
@@ -203,9 +204,10 @@ def test_window_pools_match_torch(case, p):
     positive = np.abs(x) + 0.1
     check(
         jitted(lp_pool2d, p, kernel, strides)(positive),
-        functional.lp_pool2d(torch.from_numpy(positive.transpose(0, 3, 1, 2)).double(), p,
-                             kernel, strides),
-    )  # fmt: skip
+        functional.lp_pool2d(
+            torch.from_numpy(positive.transpose(0, 3, 1, 2)).double(), p, kernel, strides
+        ),
+    )
 
 
 def numpy_adaptive(x, out, reduce):
@@ -213,9 +215,12 @@ def numpy_adaptive(x, out, reduce):
     rows = [(i * h // out[0], -(-(i + 1) * h // out[0])) for i in range(out[0])]
     cols = [(j * w // out[1], -(-(j + 1) * w // out[1])) for j in range(out[1])]
     return np.stack(
-        [np.stack([reduce(x[:, r0:r1, c0:c1], axis=(1, 2)) for c0, c1 in cols], 1)
-         for r0, r1 in rows], 1
-    )  # fmt: skip
+        [
+            np.stack([reduce(x[:, r0:r1, c0:c1], axis=(1, 2)) for c0, c1 in cols], 1)
+            for r0, r1 in rows
+        ],
+        1,
+    )
 
 
 @settings(max_examples=20, deadline=None)
@@ -224,8 +229,7 @@ def test_adaptive_pools_match_numpy_and_torch(h, w, oh, ow):
     x = normal(3, 2, h, w, 3)
     got_avg = jitted(adaptive_avg_pool2d, (oh, ow))(x)
     got_max = jitted(adaptive_max_pool2d, (oh, ow))(x)
-    np.testing.assert_allclose(got_avg, numpy_adaptive(x, (oh, ow), np.mean), rtol=1e-5,
-                               atol=1e-6)  # fmt: skip
+    np.testing.assert_allclose(got_avg, numpy_adaptive(x, (oh, ow), np.mean), rtol=1e-5, atol=1e-6)
     np.testing.assert_array_equal(got_max, numpy_adaptive(x, (oh, ow), np.max))
     torch = pytest.importorskip("torch")
     xt = torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2))).double()
@@ -237,8 +241,9 @@ def test_adaptive_pools_match_numpy_and_torch(h, w, oh, ow):
 
 def test_adaptive_none_keeps_an_axis():
     x = normal(4, 1, 5, 6, 2)
-    np.testing.assert_array_equal(adaptive_max_pool2d(x, (None, 3)),
-                                  numpy_adaptive(x, (5, 3), np.max))  # fmt: skip
+    np.testing.assert_array_equal(
+        adaptive_max_pool2d(x, (None, 3)), numpy_adaptive(x, (5, 3), np.max)
+    )
 
 
 @pytest.mark.parametrize("method, reduce", [("max", np.max), ("avg", np.mean)])
@@ -255,8 +260,9 @@ def test_spatial_pyramid_pool_is_fixed_length_concat_of_adaptive_pools(method, r
             for i in range(level):
                 for j in range(level):
                     index = offset + (i * level + j) * channels
-                    np.testing.assert_allclose(got[:, index : index + channels], grid[:, i, j],
-                                               rtol=1e-5, atol=1e-6)  # fmt: skip
+                    np.testing.assert_allclose(
+                        got[:, index : index + channels], grid[:, i, j], rtol=1e-5, atol=1e-6
+                    )
             offset += channels * level * level
 
 
@@ -275,13 +281,15 @@ def test_modules_wrap_functions_without_parameters_under_jit():
     cases = [
         (MaxPool2d(3, 2, 1, ceil_mode=True), max_pool2d(x, 3, 2, 1, ceil_mode=True)),
         (MinPool2d(2, 1, dilation=2), min_pool2d(x, 2, 1, dilation=2)),
-        (AvgPool2d(3, 2, 1, count_include_pad=False, ceil_mode=True),
-         avg_pool2d(x, 3, 2, 1, False, True)),
+        (
+            AvgPool2d(3, 2, 1, count_include_pad=False, ceil_mode=True),
+            avg_pool2d(x, 3, 2, 1, False, True),
+        ),
         (LPPool2d(2.0, 2), lp_pool2d(x, 2.0, 2)),
         (AdaptiveAvgPool2d((2, 3)), adaptive_avg_pool2d(x, (2, 3))),
         (AdaptiveMaxPool2d(3), adaptive_max_pool2d(x, 3)),
         (SpatialPyramidPool((1, 3), "avg"), spatial_pyramid_pool(x, (1, 3), "avg")),
-    ]  # fmt: skip
+    ]
     for module, expected in cases:
         assert module.init(rng_key(0), x) == {}
         np.testing.assert_allclose(jax.jit(module.apply)({}, x), expected, rtol=1e-6)
@@ -302,8 +310,9 @@ def test_max_pool_gradient_and_integer_input():
         grad = jax.jit(jax.grad(lambda x, pool=pool: jnp.sum(pool(x))))(np.abs(x) + 0.1)
         assert np.all(np.isfinite(grad))
     ints = np.arange(16, dtype=np.int32).reshape(1, 4, 4, 1)
-    np.testing.assert_array_equal(max_pool2d(ints, 2, padding=((1, 0), (1, 0)))[0, :, :, 0],
-                                  [[0, 2], [8, 10]])  # fmt: skip
+    np.testing.assert_array_equal(
+        max_pool2d(ints, 2, padding=((1, 0), (1, 0)))[0, :, :, 0], [[0, 2], [8, 10]]
+    )
     assert avg_pool2d(ints).dtype == jnp.float32
 
 

@@ -68,8 +68,9 @@ def test_stochastic_pool_eval_is_probability_weighted_average(kh, kw, sh, sw, pa
     x = relu_input(0, 2, h, w, 3)
     pads = ((pad if kh > 1 else 0,) * 2, (pad if kw > 1 else 0,) * 2)
     got = jax.jit(lambda x: stochastic_pool2d(x, (kh, kw), (sh, sw), padding=pads))(x)
-    np.testing.assert_allclose(got, numpy_stochastic_eval(x, (kh, kw), (sh, sw), pads), rtol=1e-5,
-                               atol=1e-6)  # fmt: skip
+    np.testing.assert_allclose(
+        got, numpy_stochastic_eval(x, (kh, kw), (sh, sw), pads), rtol=1e-5, atol=1e-6
+    )
 
 
 def test_stochastic_pool_train_samples_window_values_with_their_probabilities():
@@ -177,8 +178,11 @@ def test_bilinear_pool_matches_numpy_and_has_unit_norm():
     single = np.zeros((1, 1, 1, 2), np.float32)
     single[..., 1] = 1.0
     third = 1 / 3**0.5
-    np.testing.assert_allclose(bilinear_pool(single, np.ones((1, 1, 1, 3), np.float32)),
-                               [[0, 0, 0, third, third, third]], rtol=1e-5)  # fmt: skip
+    np.testing.assert_allclose(
+        bilinear_pool(single, np.ones((1, 1, 1, 3), np.float32)),
+        [[0, 0, 0, third, third, third]],
+        rtol=1e-5,
+    )
     zeros = np.zeros((1, 2, 2, 3), np.float32)
     np.testing.assert_array_equal(bilinear_pool(zeros), 0)
     assert np.all(np.isfinite(jax.grad(lambda x: jnp.sum(bilinear_pool(x) ** 2))(zeros)))

@@ -269,15 +269,19 @@ def test_train_mode_interface_of_the_generic_training_step():
 @pytest.mark.parametrize(
     "kwargs, shape, error, match",
     [
-        (dict(routing_iterations=0), (1, 28, 28, 1), ConfigError,
-         "routing_iterations must be a positive integer, got 0"),
+        (
+            dict(routing_iterations=0),
+            (1, 28, 28, 1),
+            ConfigError,
+            "routing_iterations must be a positive integer, got 0",
+        ),
         (dict(primary_dim=0), (1, 28, 28, 1), ConfigError, "primary_dim must be a positive"),
         (dict(decoder_features=(64, 0)), (1, 28, 28, 1), ConfigError, "decoder_features"),
         ({}, (1, 16, 20, 1), ShapeError, "input 16x20 is too small.*minimum is 17x17"),
         (dict(conv1_kernel=3, primary_kernel=3), (1, 4, 4, 1), ShapeError, "minimum is 5x5"),
         ({}, (28, 28, 1), ShapeError, "NHWC"),
     ],
-)  # fmt: skip
+)
 def test_bad_configs_and_inputs_are_clear_errors(kwargs, shape, error, match):
     with pytest.raises(error, match=match):
         abstract_variables(CapsNet(**kwargs), shape)

@@ -192,9 +192,12 @@ def test_alexnet_grouped_convs_are_conv2_conv4_conv5():
     variables, _ = abstract(models.create_model("alexnet_lrn", groups=2), (1, 227, 227, 3))
     shapes = {k: v["kernel"].shape for k, v in variables["params"].items() if "conv" in k}
     assert shapes == {
-        "conv1": (11, 11, 3, 96), "conv2": (5, 5, 48, 256), "conv3": (3, 3, 256, 384),
-        "conv4": (3, 3, 192, 384), "conv5": (3, 3, 192, 256),
-    }  # fmt: skip
+        "conv1": (11, 11, 3, 96),
+        "conv2": (5, 5, 48, 256),
+        "conv3": (3, 3, 256, 384),
+        "conv4": (3, 3, 192, 384),
+        "conv5": (3, 3, 192, 256),
+    }
 
 
 @pytest.mark.parametrize("name, lrn_first", [("alexnet_lrn", True), ("zfnet", False)])
@@ -251,10 +254,15 @@ def test_alexnet_bad_config(kwargs, message):
 # VGG
 
 VGG_PUBLISHED = {  # torchvision's model documentation
-    "vgg11": 132_863_336, "vgg13": 133_047_848, "vgg16": 138_357_544, "vgg19": 143_667_240,
-    "vgg11_bn": 132_868_840, "vgg13_bn": 133_053_736, "vgg16_bn": 138_365_992,
+    "vgg11": 132_863_336,
+    "vgg13": 133_047_848,
+    "vgg16": 138_357_544,
+    "vgg19": 143_667_240,
+    "vgg11_bn": 132_868_840,
+    "vgg13_bn": 133_053_736,
+    "vgg16_bn": 138_365_992,
     "vgg19_bn": 143_678_248,
-}  # fmt: skip
+}
 VGG_WIDTHS = {  # Table 1 of the paper, "M" the max pools
     11: [64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"],
     13: [64, 64, "M", 128, 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"],
@@ -307,8 +315,9 @@ def test_vgg16_cifar():
     variables = init(thin, x)
     _, updates = apply(thin, variables, x, train=True, mutable=["batch_stats"])
     assert not np.allclose(updates["batch_stats"]["bn1_1"]["mean"], 0.0)
-    assert set(variables["batch_stats"]) == {f"bn{b}_{i}" for b, n in ((1, 2), (2, 2), (3, 3),
-                                              (4, 3), (5, 3)) for i in range(1, n + 1)}  # fmt: skip
+    assert set(variables["batch_stats"]) == {
+        f"bn{b}_{i}" for b, n in ((1, 2), (2, 2), (3, 3), (4, 3), (5, 3)) for i in range(1, n + 1)
+    }
 
 
 def test_vgg_injected_conv_norm_act_and_width():
@@ -355,8 +364,17 @@ def test_vgg_bad_config(kwargs, message):
 
 def test_nin_cifar_parameters_maps_and_global_average_logits():
     model = models.create_model("nin_cifar")
-    widths = [(3, 192, 5), (192, 160, 1), (160, 96, 1), (96, 192, 5), (192, 192, 1),
-              (192, 192, 1), (192, 192, 3), (192, 192, 1), (192, 10, 1)]  # fmt: skip
+    widths = [
+        (3, 192, 5),
+        (192, 160, 1),
+        (160, 96, 1),
+        (96, 192, 5),
+        (192, 192, 1),
+        (192, 192, 1),
+        (192, 192, 3),
+        (192, 192, 1),
+        (192, 10, 1),
+    ]
     assert n_params(model, (1, 32, 32, 3)) == sum(k * k * i * o + o for i, o, k in widths)
     assert models.model_info("nin_cifar").params == 966_986
     _, (_, feats) = abstract(model, (2, 32, 32, 3))
@@ -380,15 +398,31 @@ def test_nin_cifar_parameters_maps_and_global_average_logits():
 
 def test_nin_imagenet_is_the_released_caffe_network():
     model = models.create_model("nin_imagenet")
-    widths = [(3, 96, 11), (96, 96, 1), (96, 96, 1), (96, 256, 5), (256, 256, 1),
-              (256, 256, 1), (256, 384, 3), (384, 384, 1), (384, 384, 1), (384, 1024, 3),
-              (1024, 1024, 1), (1024, 1000, 1)]  # fmt: skip
+    widths = [
+        (3, 96, 11),
+        (96, 96, 1),
+        (96, 96, 1),
+        (96, 256, 5),
+        (256, 256, 1),
+        (256, 256, 1),
+        (256, 384, 3),
+        (384, 384, 1),
+        (384, 384, 1),
+        (384, 1024, 3),
+        (1024, 1024, 1),
+        (1024, 1000, 1),
+    ]
     assert n_params(model, (1, 224, 224, 3)) == sum(k * k * i * o + o for i, o, k in widths)
     assert models.model_info("nin_imagenet").params == 7_595_176
     _, (logits, feats) = abstract(model, (2, 224, 224, 3))
     # 224 -> 54 (11x11/4, no padding) -> 27 -> 13 -> 6 (3x3/2 max pools, ceil mode).
-    expected = {"stem": (54, 96), "stage1": (27, 96), "stage2": (13, 256), "stage3": (6, 384),
-                "stage4": (6, 1000)}  # fmt: skip
+    expected = {
+        "stem": (54, 96),
+        "stage1": (27, 96),
+        "stage2": (13, 256),
+        "stage3": (6, 384),
+        "stage4": (6, 1000),
+    }
     for key, (size, channels) in expected.items():
         assert feats[key].shape == (2, size, size, channels), key
     assert logits.shape == (2, 1000)

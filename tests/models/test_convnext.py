@@ -81,10 +81,12 @@ def test_drop_path_schedule_is_linear_over_all_blocks():
 
 def make_block(drop_path, layer_scale_init=1.0):
     return ConvNeXtBlock(
-        drop_path=drop_path, layer_scale_init=layer_scale_init,
-        depthwise_conv=make_conv("depthwise"), norm=LayerNorm,
+        drop_path=drop_path,
+        layer_scale_init=layer_scale_init,
+        depthwise_conv=make_conv("depthwise"),
+        norm=LayerNorm,
         act=functools.partial(nn.gelu, approximate=False),
-    )  # fmt: skip
+    )
 
 
 def test_drop_path_drops_whole_samples_in_training_only():
@@ -137,9 +139,13 @@ def test_injected_act_conv_and_norm_are_used():
     shapes(models.create_model("convnext_tiny", act=counting_gelu, **SMALL))
     assert len(calls) == sum(SMALL["depths"]) and calls[0][-1] == 4 * SMALL["dims"][0]
     no_bias = shapes(
-        models.create_model("convnext_tiny", conv=make_conv(use_bias=False),
-                            depthwise_conv=make_conv("depthwise", use_bias=False), **SMALL)
-    )  # fmt: skip
+        models.create_model(
+            "convnext_tiny",
+            conv=make_conv(use_bias=False),
+            depthwise_conv=make_conv("depthwise", use_bias=False),
+            **SMALL,
+        )
+    )
     n = lambda tree: sum(leaf.size for leaf in jax.tree.leaves(tree["params"]))  # noqa: E731
     depths, dims = SMALL["depths"], SMALL["dims"]
     assert n(base) - n(no_bias) == sum(dims) + sum(d * c for d, c in zip(depths, dims, strict=True))

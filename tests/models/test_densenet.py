@@ -22,8 +22,15 @@ CIFAR = dict(stem="cifar", num_classes=10)
 BC_100 = dict(growth_rate=12, block_config=(16, 16, 16), num_init_features=24, **CIFAR)
 
 
-def densenet_params(growth_rate, block_config, num_init_features, bn_size=4, compression=0.5,
-                    stem="imagenet", num_classes=1000):  # fmt: skip
+def densenet_params(
+    growth_rate,
+    block_config,
+    num_init_features,
+    bn_size=4,
+    compression=0.5,
+    stem="imagenet",
+    num_classes=1000,
+):
     """Counted by hand from Sec. 3: stem conv (+ BN for ImageNet); per layer BN (2 per channel)
     + 1x1 conv to `bn_size k` + BN + 3x3 conv to `k`; transitions BN + 1x1 conv; final BN; dense
     head. Convs have no bias."""
@@ -144,8 +151,9 @@ def test_injected_layers_are_used():
 
 
 def test_dropout_only_in_training():
-    model = DenseNet(growth_rate=4, block_config=(2, 2), num_init_features=8, dropout_rate=0.5,
-                     **CIFAR)  # fmt: skip
+    model = DenseNet(
+        growth_rate=4, block_config=(2, 2), num_init_features=8, dropout_rate=0.5, **CIFAR
+    )
     x = jax.random.normal(jax.random.key(0), (2, 16, 16, 3))
     variables = compiled(model.init, jax.random.key(1), x)
     evals = [compiled(model.apply, variables, x)[0] for _ in range(2)]
@@ -164,8 +172,9 @@ def test_memory_efficient_densenet_is_the_same_function_and_saves_only_the_featu
     from cnnjax.analysis.memory import saved_residuals
 
     # With dropout: the recomputation must draw the same masks.
-    kwargs = dict(growth_rate=8, block_config=(4, 4), num_init_features=16, **CIFAR,
-                  dropout_rate=0.2)  # fmt: skip
+    kwargs = dict(
+        growth_rate=8, block_config=(4, 4), num_init_features=16, **CIFAR, dropout_rate=0.2
+    )
     plain, efficient = DenseNet(**kwargs), DenseNet(memory_efficient=True, **kwargs)
     x = jax.random.normal(jax.random.key(0), (4, 16, 16, 3))
     labels = jnp.arange(4)
@@ -177,9 +186,12 @@ def test_memory_efficient_densenet_is_the_same_function_and_saves_only_the_featu
     def loss(model):
         def fn(params, x):
             (logits, _), updates = model.apply(
-                {"params": params, "batch_stats": variables["batch_stats"]}, x, train=True,
-                mutable=["batch_stats"], rngs={"dropout": jax.random.key(2)},
-            )  # fmt: skip
+                {"params": params, "batch_stats": variables["batch_stats"]},
+                x,
+                train=True,
+                mutable=["batch_stats"],
+                rngs={"dropout": jax.random.key(2)},
+            )
             return -jnp.mean(jax.nn.log_softmax(logits)[jnp.arange(4), labels]), updates
 
         return fn
@@ -226,8 +238,12 @@ def test_bad_config_is_a_config_error(kwargs, match):
 
 def test_registered_names():
     assert models.list_models("densenet*") == [
-        "densenet121", "densenet161", "densenet169", "densenet201", "densenet_bc_100"
-    ]  # fmt: skip
+        "densenet121",
+        "densenet161",
+        "densenet169",
+        "densenet201",
+        "densenet_bc_100",
+    ]
     assert models.model_info("densenet_bc_100").input_shape == (32, 32, 3)
     assert models.model_info("densenet_bc_100").num_classes == 10
     assert models.model_info("densenet161").input_shape == (224, 224, 3)

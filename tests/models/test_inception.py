@@ -110,15 +110,23 @@ def test_macs_match_published_costs():
 
 
 EXPECTED_FEATURES = {
-    "googlenet": (224, {"stem": (28, 192), "stage1": (28, 480), "stage2": (14, 832),
-                        "stage3": (7, 1024)}),
-    "googlenet_2014": (224, {"stem": (28, 192), "stage1": (28, 480), "stage2": (14, 832),
-                             "stage3": (7, 1024)}),
-    "bn_inception": (224, {"stem": (28, 192), "stage1": (28, 320), "stage2": (14, 608),
-                           "stage3": (7, 1024)}),
-    "inception_v3": (299, {"stem": (35, 192), "stage1": (35, 288), "stage2": (17, 768),
-                           "stage3": (8, 2048)}),
-}  # fmt: skip
+    "googlenet": (
+        224,
+        {"stem": (28, 192), "stage1": (28, 480), "stage2": (14, 832), "stage3": (7, 1024)},
+    ),
+    "googlenet_2014": (
+        224,
+        {"stem": (28, 192), "stage1": (28, 480), "stage2": (14, 832), "stage3": (7, 1024)},
+    ),
+    "bn_inception": (
+        224,
+        {"stem": (28, 192), "stage1": (28, 320), "stage2": (14, 608), "stage3": (7, 1024)},
+    ),
+    "inception_v3": (
+        299,
+        {"stem": (35, 192), "stage1": (35, 288), "stage2": (17, 768), "stage3": (8, 2048)},
+    ),
+}
 
 
 @pytest.mark.parametrize("name", list(EXPECTED_FEATURES))
@@ -136,8 +144,11 @@ def test_intermediates_and_aux_logits_only_in_training(name):
     )
     assert features["pre_logits"].shape == (2, expected["stage3"][1])
     _, train_features = abstract_apply(model, eval_vars, size, train=True)
-    aux_names = {"googlenet": ["aux1", "aux2"], "googlenet_2014": ["aux1", "aux2"],
-                 "inception_v3": ["aux"]}.get(name, [])  # fmt: skip
+    aux_names = {
+        "googlenet": ["aux1", "aux2"],
+        "googlenet_2014": ["aux1", "aux2"],
+        "inception_v3": ["aux"],
+    }.get(name, [])
     assert sorted(set(train_features) - set(features)) == aux_names
     for aux in aux_names:
         assert train_features[aux].shape == (2, 10)

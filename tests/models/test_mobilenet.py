@@ -129,9 +129,13 @@ def test_v2_intermediates_follow_the_spec_rows():
 def test_inverted_residual_adds_its_input_only_when_shapes_allow():
     x = tiny_input(8, 1)
     block = functools.partial(
-        InvertedResidual, expansion=6, conv=make_conv(use_bias=False),
-        depthwise_conv=make_conv("depthwise", use_bias=False), norm=BatchNorm, act=jax.nn.relu6,
-    )  # fmt: skip
+        InvertedResidual,
+        expansion=6,
+        conv=make_conv(use_bias=False),
+        depthwise_conv=make_conv("depthwise", use_bias=False),
+        norm=BatchNorm,
+        act=jax.nn.relu6,
+    )
 
     def silence_branch(module):
         # Zero scale and shift of the projection BN: the residual branch outputs exactly 0.
@@ -156,10 +160,14 @@ def test_injected_conv_norm_and_act_are_used():
     base = models.create_model("mobilenet_v1", alpha=0.25, num_classes=4)
     n_base = n_params(jax.eval_shape(lambda: base.init(jax.random.PRNGKey(0), x))["params"])
     model = models.create_model(
-        "mobilenet_v1", alpha=0.25, num_classes=4, act=counting_relu,
-        conv=make_conv(use_bias=True), depthwise_conv=make_conv("depthwise", use_bias=True),
+        "mobilenet_v1",
+        alpha=0.25,
+        num_classes=4,
+        act=counting_relu,
+        conv=make_conv(use_bias=True),
+        depthwise_conv=make_conv("depthwise", use_bias=True),
         norm=LayerNorm,
-    )  # fmt: skip
+    )
     variables = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), x))
     assert len(calls) == 1 + 2 * sum(len(s) for s in V1_STAGES)
     assert "batch_stats" not in variables  # LayerNorm replaced every BatchNorm

@@ -69,13 +69,18 @@ def test_googlenet_eval_and_train_logits_match_torchvision():
     torch.manual_seed(0)
     x = torch.randn(2, 3, 67, 67)
     net = torchvision.models.googlenet(
-        weights=None, aux_logits=True, init_weights=True, transform_input=True,
-        dropout=0.0, dropout_aux=0.0,
-    )  # fmt: skip
+        weights=None,
+        aux_logits=True,
+        init_weights=True,
+        transform_input=True,
+        dropout=0.0,
+        dropout_aux=0.0,
+    )
     net = calibrate(net, torch.randn(8, 3, 67, 67))
     variables = from_torch("googlenet", net.state_dict())
-    model = models.create_model("googlenet", transform_input=True, dropout_rate=0.0,
-                                aux_dropout_rate=0.0)  # fmt: skip
+    model = models.create_model(
+        "googlenet", transform_input=True, dropout_rate=0.0, aux_dropout_rate=0.0
+    )
     with torch.no_grad():
         expected = net(x)
     logits, _ = jax.jit(lambda v, x: model.apply(v, x))(variables, nchw_to_nhwc(x))

@@ -82,14 +82,15 @@ def is_large(name: str) -> bool:
 # One cheap model per family kind checks each registry-wide property in the default suite; the
 # rest of the registry runs with `pytest -m slow` (tracing every model costs minutes on 2 cores).
 TRACE_REPRESENTATIVES = {
-    "lenet5", "lenet5_classic",  # plain conv nets (with hand-counted parameters)
+    "lenet5",
+    "lenet5_classic",  # plain conv nets (with hand-counted parameters)
     "resnet20",  # residual (hand-counted parameters)
     "densenet_bc_100",  # dense / concatenation
     "googlenet_2014",  # inception branches
     "mobilenet_v1_050",  # depthwise separable
     "capsnet",  # capsules and routing
     "tcn1d",  # 1-D
-}  # fmt: skip
+}
 # The training step is compiled: only small models, and of those one per kind that has one (no
 # inception or depthwise model is small; DenseNet-BC-100's compile alone takes minutes).
 TRAIN_REPRESENTATIVES = {"lenet5_classic", "resnet20", "capsnet", "tcn1d"}
@@ -121,9 +122,12 @@ def test_every_model_traces_a_training_step_at_its_default_input(name):
 
     def loss_fn(p, images, state):
         (logits, features), _ = model.apply(
-            {"params": p, **state}, images, train=True, mutable=["batch_stats"],
+            {"params": p, **state},
+            images,
+            train=True,
+            mutable=["batch_stats"],
             rngs={"dropout": jax.random.key(2)},
-        )  # fmt: skip
+        )
         return cross_entropy(logits, jnp.array([1, 5])), (logits, features)
 
     (loss, (logits, features)), grads = jax.eval_shape(
@@ -157,9 +161,12 @@ def test_every_model_trains_and_evaluates_at_its_default_input(name):
     def train_step(params, state):
         def loss_fn(p):
             (logits, features), updates = model.apply(
-                {"params": p, **state}, x, train=True, mutable=["batch_stats"],
+                {"params": p, **state},
+                x,
+                train=True,
+                mutable=["batch_stats"],
                 rngs={"dropout": jax.random.key(2)},
-            )  # fmt: skip
+            )
             return cross_entropy(logits, labels), (logits, updates)
 
         return jax.value_and_grad(loss_fn, has_aux=True)(params)
@@ -176,11 +183,13 @@ def test_every_model_trains_and_evaluates_at_its_default_input(name):
     assert {"stem", "stage1", "pre_logits"} <= set(features), sorted(features)
     assert features["pre_logits"].shape[0] == 2
     if has_batch_norm(variables):  # statistics move in training, never in evaluation
-        moved = jax.tree.map(lambda a, b: bool(jnp.any(a != b)), updates["batch_stats"],
-                             state["batch_stats"])  # fmt: skip
+        moved = jax.tree.map(
+            lambda a, b: bool(jnp.any(a != b)), updates["batch_stats"], state["batch_stats"]
+        )
         assert any(jax.tree.leaves(moved))
-        jax.tree.map(np.testing.assert_array_equal, eval_updates["batch_stats"],
-                     state["batch_stats"])  # fmt: skip
+        jax.tree.map(
+            np.testing.assert_array_equal, eval_updates["batch_stats"], state["batch_stats"]
+        )
 
 
 def test_resnet20_parameter_count_is_the_papers_0_27m():
@@ -207,9 +216,13 @@ def test_option_b_shortcut_adds_projections():
     a = models.create_model("resnet20")
     b = models.create_model("resnet20", shortcut="B")
     x = jnp.zeros((1, 32, 32, 3))
-    count = [sum(p.size for p in jax.tree.leaves(jax.eval_shape(m.init, jax.random.PRNGKey(0),
-                                                                 x)["params"]))
-             for m in (a, b)]  # fmt: skip
+    count = [
+        sum(
+            p.size
+            for p in jax.tree.leaves(jax.eval_shape(m.init, jax.random.PRNGKey(0), x)["params"])
+        )
+        for m in (a, b)
+    ]
     assert count[1] - count[0] == (16 * 32 + 2 * 32) + (32 * 64 + 2 * 64)
 
 

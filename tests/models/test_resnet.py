@@ -225,20 +225,23 @@ def test_cifar_dropout_positions_act_only_in_training_and_keep_the_parameters():
     )
     for position in ("after_bn", "before_bn", "head"):
         for kind in ("bernoulli", "uniform"):
-            model = models.create_model("resnet20", width=4, dropout_rate=0.5,
-                                        dropout_position=position, dropout_kind=kind)  # fmt: skip
+            model = models.create_model(
+                "resnet20", width=4, dropout_rate=0.5, dropout_position=position, dropout_kind=kind
+            )
             assert n_params(jax.eval_shape(model.init, jax.random.key(0), x)) == n_params(variables)
             np.testing.assert_array_equal(
                 compiled(lambda v, x, m=model: m.apply(v, x)[0], variables, x), reference
             )
             noisy, _ = compiled(
                 lambda v, x, m=model: m.apply(v, x, train=True, rngs=rngs, mutable=["batch_stats"]),
-                variables, x,
-            )  # fmt: skip
+                variables,
+                x,
+            )
             assert not np.allclose(noisy[0], clean[0])
     with pytest.raises(ConfigError, match="unknown dropout position 'middle'"):
-        jax.eval_shape(models.create_model("resnet20", dropout_position="middle").init,
-                       jax.random.key(0), x)  # fmt: skip
+        jax.eval_shape(
+            models.create_model("resnet20", dropout_position="middle").init, jax.random.key(0), x
+        )
 
 
 def test_cifar_antialias_blurs_the_strided_blocks_and_keeps_the_parameters():
