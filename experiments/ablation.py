@@ -119,6 +119,21 @@ def run_ablation(
     return records
 
 
+def run_study(
+    config: ml_collections.ConfigDict,
+    parse_arm: Callable[[str], Arm],
+    workdir: str,
+    measure: Callable[[TrainedRun, Arm, ml_collections.ConfigDict], dict],
+) -> list[dict]:
+    """`run_ablation` driven by a study config: the arms named in `config.arms` (comma-separated),
+    every one of `config.seeds`, `config.train` as the base, `measure(run, arm, config)`."""
+    arms = [parse_arm(name.strip()) for name in config.arms.split(",") if name.strip()]
+    seeds = [int(s) for s in config.seeds]
+    return run_ablation(
+        config.train, arms, seeds, workdir, lambda run, arm: measure(run, arm, config)
+    )
+
+
 def summarize(records: Sequence[dict], metrics: Sequence[str]) -> list[dict]:
     """Per arm (in first-seen order): n, and mean/std over seeds of each numeric metric."""
     arms: dict[str, list[dict]] = {}
@@ -135,29 +150,40 @@ def summarize(records: Sequence[dict], metrics: Sequence[str]) -> list[dict]:
     return rows
 
 
-def _format(metric: str, percent) -> tuple[float, int]:
-    """(scale, decimals) of a metric's cells: percentages x100 with 2 decimals, else 3."""
-    return (100.0, 2) if metric in percent else (1.0, 3)
-
-
-def _table(first: str, columns: Mapping[str, str], body: Sequence[str]) -> str:
+def _table(
+    first: str,
+    rows: Sequence[dict],
+    columns: Mapping[str, str],
+    percent,
+    label: Callable[[dict], str],
+    cell: Callable[[dict, str, float, int], str],
+) -> str:
+    """Markdown table: per row `label(row)`, its seed count, then `cell(row, metric, scale,
+    decimals)` per column (percentages x100 with 2 decimals, else 3)."""
     head = f"| {first} | seeds | " + " | ".join(columns.values()) + " |"
     sep = "| --- | ---: | " + " | ".join("---:" for _ in columns) + " |"
-    return "\n".join([head, sep, *body])
+    lines = []
+    for row in rows:
+        cells = [
+            cell(row, metric, *((100.0, 2) if metric in percent else (1.0, 3)))
+            for metric in columns
+        ]
+        lines.append(f"| {label(row)} | {row['n']} | " + " | ".join(cells) + " |")
+    return "\n".join([head, sep, *lines])
+
+
+def _mean_std_cell(row: dict, metric: str, scale: float, digits: int) -> str:
+    mean, std = row[metric] * scale, row[metric + "_std"] * scale
+    return f"{mean:.{digits}f}" + ("" if math.isnan(std) else f" ± {std:.{digits}f}")
 
 
 def markdown_table(rows: Sequence[dict], columns: Mapping[str, str], percent=()) -> str:
     """Markdown table of `summarize` rows: `columns` maps metric -> header; `percent` x100."""
-    lines = []
-    for row in rows:
-        cells = []
-        for metric in columns:
-            scale, digits = _format(metric, percent)
-            mean, std = row[metric] * scale, row[metric + "_std"] * scale
-            cells.append(f"{mean:.{digits}f}" + ("" if math.isnan(std) else f" ± {std:.{digits}f}"))
-        name = f"{row['arm']}" + (f" ({row['label']})" if row.get("label") else "")
-        lines.append(f"| {name} | {row['n']} | " + " | ".join(cells) + " |")
-    return _table("arm", columns, lines)
+
+    def label(row):
+        return f"{row['arm']}" + (f" ({row['label']})" if row.get("label") else "")
+
+    return _table("arm", rows, columns, percent, label, _mean_std_cell)
 
 
 def paired_differences(
@@ -197,22 +223,19 @@ def paired_differences(
     return rows
 
 
+def _difference_cell(row: dict, metric: str, scale: float, digits: int) -> str:
+    mean, ci = row[metric] * scale, row[metric + "_ci"] * scale
+    interval = "" if math.isnan(ci) else f" [{mean - ci:+.{digits}f}, {mean + ci:+.{digits}f}]"
+    return f"{mean:+.{digits}f}" + interval
+
+
 def differences_table(rows: Sequence[dict], columns: Mapping[str, str], percent=()) -> str:
     """Markdown table of `paired_differences` rows: mean difference [confidence interval]."""
-    lines = []
-    for row in rows:
-        cells = []
-        for metric in columns:
-            scale, digits = _format(metric, percent)
-            mean, ci = row[metric] * scale, row[metric + "_ci"] * scale
-            cell = f"{mean:+.{digits}f}"
-            if not math.isnan(ci):
-                cell += f" [{mean - ci:+.{digits}f}, {mean + ci:+.{digits}f}]"
-            cells.append(cell)
-        lines.append(
-            f"| {row['arm']} - {row['baseline']} | {row['n']} | " + " | ".join(cells) + " |"
-        )
-    return _table("arm - baseline", columns, lines)
+
+    def label(row):
+        return f"{row['arm']} - {row['baseline']}"
+
+    return _table("arm - baseline", rows, columns, percent, label, _difference_cell)
 
 
 def write_results(workdir: str, header: str, tables: Sequence[str], payload: dict) -> str:

@@ -23,7 +23,7 @@ from experiments.ablation import (
     differences_table,
     markdown_table,
     paired_differences,
-    run_ablation,
+    run_study,
     summarize,
     write_results,
 )
@@ -219,14 +219,7 @@ def report(config, records, workdir: str) -> str:
 
 
 def run(config, workdir: str) -> str:
-    arms = [parse_arm(name.strip(), config) for name in config.arms.split(",") if name.strip()]
-    records = run_ablation(
-        config.train,
-        arms,
-        [int(s) for s in config.seeds],
-        workdir,
-        lambda trained, arm: measure(trained, arm, config),
-    )
+    records = run_study(config, lambda name: parse_arm(name, config), workdir, measure)
     return report(config, records, workdir)
 
 

@@ -22,7 +22,7 @@ from cnnjax.analysis import variance_shift as vs
 from cnnjax.analysis.shift_invariance import make_predict
 from cnnjax.errors import ConfigError
 from cnnjax.layers.dropout import DROPOUT_KINDS
-from experiments.ablation import Arm, markdown_table, run_ablation, summarize, write_results
+from experiments.ablation import Arm, markdown_table, run_study, summarize, write_results
 from experiments.common import batched, launch, machine, take
 from experiments.plots import pyplot, runs_of, save_figures
 
@@ -213,14 +213,7 @@ def report(config, records, toy, workdir: str) -> str:
 
 
 def run(config, workdir: str) -> str:
-    arms = [parse_arm(name.strip()) for name in config.arms.split(",") if name.strip()]
-    records = run_ablation(
-        config.train,
-        arms,
-        [int(s) for s in config.seeds],
-        workdir,
-        lambda trained, arm: measure(trained, arm, config),
-    )
+    records = run_study(config, parse_arm, workdir, measure)
     return report(config, records, toy_rows(config), workdir)
 
 

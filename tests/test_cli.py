@@ -189,6 +189,10 @@ ENTRY_POINTS = {
         (["--bogus"], "unknown flag --bogus"),
         (["--batch=x"], "--batch=x: invalid literal for int()"),
     ],
+    "benchmarks/suite_time.py": [
+        (["--bogus"], "unknown flag --bogus"),
+        (["--suite=fast"], "unknown --suite 'fast' (valid choices: default, slow)"),
+    ],
     "benchmarks/xla_flops_check.py": [
         (["--bogus"], "unknown flag --bogus"),
         (["--compiled=maybe"], "--compiled=maybe"),

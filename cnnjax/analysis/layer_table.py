@@ -141,19 +141,9 @@ class LayerTable:
     unused_params: dict[str, int] = dataclasses.field(default_factory=dict)
 
     COLUMNS = (
-        "name",
-        "op",
-        "output_shape",
-        "kernel",
-        "stride",
-        "dilation",
-        "groups",
-        "params",
-        "macs",
-        "flops",
-        "rf",
-        "jump",
-        "start",
+        *"name op output_shape kernel stride dilation groups".split(),  # the layer
+        *"params macs flops".split(),  # its costs
+        *"rf jump start".split(),  # its receptive field
     )
     TOTALS = ("params", "macs", "flops", "activation_bytes")
 

@@ -46,24 +46,10 @@ __all__ = ["ModelSummary", "summarize", "TRAIN_STEP_FACTOR"]
 # Training step time / forward time in the estimate (see the module docstring).
 TRAIN_STEP_FACTOR = 3.0
 COLUMNS = (
-    "name",
-    "op",
-    "input",
-    "output",
-    "kernel",
-    "stride",
-    "dilation",
-    "groups",
-    "params",
-    "macs",
-    "flops",
-    "act_bytes",
-    "rf",
-    "jump",
-    "start",
-    "flop/byte",
-    "time_us",
-    "bound",
+    *"name op input output kernel stride dilation groups".split(),  # the layer
+    *"params macs flops act_bytes".split(),  # its costs
+    *"rf jump start".split(),  # its receptive field
+    *"flop/byte time_us bound".split(),  # the roofline estimate
 )
 
 

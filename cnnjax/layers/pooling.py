@@ -19,8 +19,8 @@ spatial pyramid pool concatenates several of them into one fixed-length vector.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import NamedTuple
+from collections.abc import Callable, Sequence
+from typing import ClassVar, NamedTuple
 
 import flax.linen as nn
 import jax.numpy as jnp
@@ -397,6 +397,8 @@ def spatial_pyramid_pool(
 class MaxPool2d(nn.Module):
     """Module form of `max_pool2d` (no parameters); fields are its arguments."""
 
+    # The function the module applies; MinPool2d swaps it and keeps the fields.
+    pool_fn: ClassVar[Callable[..., jnp.ndarray]] = staticmethod(max_pool2d)
     window: int | Sequence[int] = 2
     strides: int | Sequence[int] | None = None
     padding: PaddingSpec = "valid"
@@ -405,7 +407,7 @@ class MaxPool2d(nn.Module):
 
     def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
         """`(N, H, W, C) -> (N, H_out, W_out, C)`."""
-        return max_pool2d(
+        return self.pool_fn(
             x,
             self.window,
             self.strides,
@@ -419,17 +421,7 @@ class MaxPool2d(nn.Module):
 class MinPool2d(MaxPool2d):
     """Module form of `min_pool2d` (no parameters); fields as in `MaxPool2d`."""
 
-    def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
-        """`(N, H, W, C) -> (N, H_out, W_out, C)`."""
-        return min_pool2d(
-            x,
-            self.window,
-            self.strides,
-            self.padding,
-            self.dilation,
-            self.ceil_mode,
-            layer=layer_name(self),
-        )
+    pool_fn: ClassVar[Callable[..., jnp.ndarray]] = staticmethod(min_pool2d)
 
 
 class AvgPool2d(nn.Module):

@@ -1,4 +1,5 @@
-"""Helpers shared by the layer tests: cheap random keys, host-drawn arrays and variables.
+"""Helpers shared by the layer tests: cheap random keys, host-drawn arrays and variables, and the
+numpy names of the padding modes.
 
 On 2 CPU cores XLA takes seconds to compile JAX's default threefry generator for every new shape
 (`jax.random.normal` of an input, each initializer of an eager `init`), most of these tests' time.
@@ -11,6 +12,15 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+# cnnjax padding mode -> the numpy.pad mode with the same semantics.
+NUMPY_MODES = {
+    "zeros": "constant",
+    "constant": "constant",
+    "reflect": "reflect",
+    "replicate": "edge",
+    "circular": "wrap",
+}
 
 
 def rng_key(seed: int = 0) -> jax.Array:

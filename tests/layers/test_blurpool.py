@@ -22,16 +22,9 @@ from cnnjax.layers.blurpool import (
 from cnnjax.layers.conv import Conv2d
 from cnnjax.layers.padding import pad
 from cnnjax.layers.pooling import avg_pool2d, max_pool2d
-from tests.layers.helpers import rng_key
+from tests.layers.helpers import NUMPY_MODES, rng_key
 
 HIGHEST = lax.Precision.HIGHEST
-NUMPY_MODES = {
-    "zeros": "constant",
-    "constant": "constant",
-    "reflect": "reflect",
-    "replicate": "edge",
-    "circular": "wrap",
-}
 PASCAL = {
     1: [1],
     2: [1, 1],

@@ -7,14 +7,7 @@ from hypothesis import given, settings
 
 from cnnjax.errors import ConfigError, ShapeError
 from cnnjax.layers.padding import PAD_MODES, pad
-
-NUMPY_MODES = {
-    "zeros": "constant",
-    "constant": "constant",
-    "reflect": "reflect",
-    "replicate": "edge",
-    "circular": "wrap",
-}
+from tests.layers.helpers import NUMPY_MODES
 
 
 @settings(max_examples=40, deadline=None)
