@@ -182,3 +182,10 @@ def test_checked_in_results_page_is_the_table_of_its_run_records(module, runs):
     table = markdown_table(rows, module.COLUMNS, percent=module.PERCENT)
     assert table in (RESULTS / f"{name}.md").read_text()
     assert {row["n"] for row in rows} == {3}
+    if hasattr(module, "DIFFERENCE_COLUMNS"):  # the seed-paired differences, in the run order
+        differences = paired_differences(
+            payload["runs"], module.baseline_of, list(module.DIFFERENCE_COLUMNS)
+        )
+        assert differences == payload["differences"]
+        page = differences_table(differences, module.DIFFERENCE_COLUMNS, percent=module.PERCENT)
+        assert page in (RESULTS / f"{name}.md").read_text()
