@@ -105,15 +105,14 @@ def render(records: list[dict]) -> str:
         "from pyproject.toml: two xdist workers, one test file per worker at a time). Wall time "
         "of the tests alone; CI adds the install (`bash .ci/run`).",
         "",
-        "| suite | command | minutes | passed | skipped | deselected | CPU | cores | commit "
-        "| date |",
-        "| --- | --- | ---: | ---: | ---: | ---: | --- | ---: | --- | --- |",
+        "| suite | command | minutes | passed | skipped | CPU | cores | commit | date |",
+        "| --- | --- | ---: | ---: | ---: | --- | ---: | --- | --- |",
     ]
     for r in records:
         c = r["counts"]
         lines.append(
             f"| {r['suite']} | `{r['command'].strip()}` | {r['wall_seconds'] / 60:.1f} | "
-            f"{c.get('passed', 0)} | {c.get('skipped', 0)} | {c.get('deselected', 0)} | "
+            f"{c.get('passed', 0)} | {c.get('skipped', 0)} | "
             f"{r['cpu']} | {r['cores']} | {r['commit']} | {r['date']} |"
         )
     for r in records:
