@@ -200,11 +200,13 @@ def _convert_alexnet(reader: TorchReader) -> dict:
     return {"params": params}
 
 
+# torchvision's layout is credited to the 2012 paper too (its documentation cites the 2014 one).
+_KRIZHEVSKY_2012 = "Krizhevsky et al. 2012"
 register(
     "alexnet",
     AlexNet,
     input_shape=(224, 224, 3),
-    paper="Krizhevsky et al. 2012 (torchvision layout, Krizhevsky 2014)",
+    paper=_KRIZHEVSKY_2012 + " (torchvision layout, Krizhevsky 2014)",
     description="AlexNet as in torchvision: 64-192-384-256-256 convs, no LRN",
     converter=_convert_alexnet,
 )
@@ -212,7 +214,7 @@ register(
     "alexnet_lrn",
     functools.partial(AlexNet, variant="krizhevsky2012", norm=PAPER_LRN),
     input_shape=(227, 227, 3),
-    paper="Krizhevsky et al. 2012",
+    paper=_KRIZHEVSKY_2012,
     description="AlexNet of the 2012 paper, single-GPU form (groups=2 for the 2-GPU split): "
     "96-256-384-384-256 convs, LRN after conv1 and conv2",
 )

@@ -233,40 +233,24 @@ def _convert_convnext(reader: TorchReader) -> dict:
     return {"params": params}
 
 
-def _paper(variant: str) -> str:
+def _register_convnext(name: str, variant: str) -> None:
+    """Registers torchvision's `convnext_{variant}`; one converter serves every variant."""
     params, gflops = PUBLISHED[variant]
-    return f"Liu et al. 2022 ({params}M params, {gflops}G FLOPs)"
-
-
-def _description(variant: str) -> str:
     spec = CONVNEXT_SPECS[variant]
-    return (
+    description = (
         f"ConvNeXt-{variant[0].upper()}: depths {spec['depths']}, dims {spec['dims']}, "
         f"stochastic depth {spec['drop_path_rate']} (torchvision layout)"
     )
+    register(
+        name,
+        functools.partial(ConvNeXt, variant=variant),
+        input_shape=(224, 224, 3),
+        paper=f"Liu et al. 2022 ({params}M params, {gflops}G FLOPs)",
+        description=description,
+        converter=_convert_convnext,
+    )
 
 
-register(
-    "convnext_tiny",
-    functools.partial(ConvNeXt, variant="tiny"),
-    input_shape=(224, 224, 3),
-    paper=_paper("tiny"),
-    description=_description("tiny"),
-    converter=_convert_convnext,
-)
-register(
-    "convnext_small",
-    functools.partial(ConvNeXt, variant="small"),
-    input_shape=(224, 224, 3),
-    paper=_paper("small"),
-    description=_description("small"),
-    converter=_convert_convnext,
-)
-register(
-    "convnext_base",
-    functools.partial(ConvNeXt, variant="base"),
-    input_shape=(224, 224, 3),
-    paper=_paper("base"),
-    description=_description("base"),
-    converter=_convert_convnext,
-)
+_register_convnext("convnext_tiny", variant="tiny")
+_register_convnext("convnext_small", variant="small")
+_register_convnext("convnext_base", variant="base")

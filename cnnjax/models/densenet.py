@@ -270,17 +270,6 @@ def _convert_densenet(reader: TorchReader) -> dict:
     return {"params": params, "batch_stats": stats}
 
 
-def _imagenet(depth: int) -> Callable[..., nn.Module]:
-    """The ImageNet DenseNet-BC of `DENSENET_SPECS[depth]`."""
-    growth_rate, block_config, num_init_features = DENSENET_SPECS[depth]
-    return functools.partial(
-        DenseNet,
-        growth_rate=growth_rate,
-        block_config=block_config,
-        num_init_features=num_init_features,
-    )
-
-
 def _imagenet_paper(depth: int) -> str:
     if depth in PUBLISHED_TOP1_ERROR:
         error = PUBLISHED_TOP1_ERROR[depth]
@@ -288,44 +277,31 @@ def _imagenet_paper(depth: int) -> str:
     return "Huang et al. 2017 (authors' k=48 release, not in the paper's tables)"
 
 
-def _imagenet_description(depth: int) -> str:
-    growth_rate, block_config, _ = DENSENET_SPECS[depth]
+def _register_densenet(name: str, depth: int) -> None:
+    """Registers torchvision's `densenet{depth}`; one converter serves every variant."""
+    growth_rate, block_config, num_init_features = DENSENET_SPECS[depth]
     blocks = "-".join(map(str, block_config))
-    return f"ImageNet DenseNet-BC-{depth}, k={growth_rate}, blocks {blocks}"
+    register(
+        name,
+        functools.partial(
+            DenseNet,
+            growth_rate=growth_rate,
+            block_config=block_config,
+            num_init_features=num_init_features,
+        ),
+        input_shape=(224, 224, 3),
+        paper=_imagenet_paper(depth),
+        description=f"ImageNet DenseNet-BC-{depth}, k={growth_rate}, blocks {blocks}",
+        converter=_convert_densenet,
+    )
 
 
-register(
-    "densenet121",
-    _imagenet(121),
-    input_shape=(224, 224, 3),
-    paper=_imagenet_paper(121),
-    description=_imagenet_description(121),
-    converter=_convert_densenet,
-)
-register(
-    "densenet161",
-    _imagenet(161),
-    input_shape=(224, 224, 3),
-    paper=_imagenet_paper(161),
-    description=_imagenet_description(161),
-    converter=_convert_densenet,
-)
-register(
-    "densenet169",
-    _imagenet(169),
-    input_shape=(224, 224, 3),
-    paper=_imagenet_paper(169),
-    description=_imagenet_description(169),
-    converter=_convert_densenet,
-)
-register(
-    "densenet201",
-    _imagenet(201),
-    input_shape=(224, 224, 3),
-    paper=_imagenet_paper(201),
-    description=_imagenet_description(201),
-    converter=_convert_densenet,
-)
+_register_densenet("densenet121", depth=121)
+_register_densenet("densenet161", depth=161)
+_register_densenet("densenet169", depth=169)
+_register_densenet("densenet201", depth=201)
+
+# The CIFAR DenseNet-BC has no torchvision counterpart, hence no converter.
 register(
     "densenet_bc_100",
     functools.partial(

@@ -380,16 +380,17 @@ def _convert_googlenet(reader: TorchReader) -> dict:
     return convert_named_tree(reader, renames, layouts)
 
 
-register(
+# All three read 224x224 crops, like torchvision's `googlenet`.
+_register_224 = functools.partial(register, input_shape=(224, 224, 3))
+_register_224(
     "googlenet",
     GoogLeNet,
-    input_shape=(224, 224, 3),
     paper="Szegedy et al. 2015",
     description="GoogLeNet as torchvision builds it: BN (eps 1e-3), 3x3 in the '5x5' branch, "
     "auxiliary heads",
     converter=_convert_googlenet,
 )
-register(
+_register_224(
     "googlenet_2014",
     functools.partial(
         GoogLeNet,
@@ -400,14 +401,12 @@ register(
         wide_kernel=5,
         last_pool_window=3,
     ),
-    input_shape=(224, 224, 3),
     paper="Szegedy et al. 2015",
     description="GoogLeNet as in the paper: no BN, 5x5 branches, LRN in the stem, auxiliary heads",
 )
-register(
+_register_224(
     "bn_inception",
     BNInception,
-    input_shape=(224, 224, 3),
     paper="Ioffe & Szegedy 2015",
     description="BN-Inception (Inception v2): BN, double 3x3 instead of 5x5, stride-2 modules",
 )

@@ -155,18 +155,18 @@ class HighwayMLP(nn.Module):
         return self.dense(features=self.num_classes, name="head")(x), intermediates
 
 
-register(
+# Both come from Srivastava et al. 2015.
+_register_highway = functools.partial(register, paper="Srivastava et al. 2015")
+_register_highway(
     "highway_cifar",
     HighwayCifar,
     input_shape=(32, 32, 3),
-    paper="Srivastava et al. 2015",
     description="19-layer convolutional highway network: 3 stages of a plain conv and 5 highway "
     "layers (32/64/128 channels), gate bias -2",
 )
-register(
+_register_highway(
     "highway_mlp",
     HighwayMLP,
     input_shape=(28, 28, 1),
-    paper="Srivastava et al. 2015",
     description="10-layer thin highway MLP for MNIST: 784-50, 8 highway layers of 50, gate bias -1",
 )

@@ -191,32 +191,33 @@ class LeNetMLP(nn.Module):
         return self.dense(self.num_classes, name="output")(y), intermediates
 
 
-register(
+# LeNet-5 reads a 32x32 frame (MNIST's 28x28 images padded by 2), the MLP the 28x28 images.
+_PADDED_MNIST = (32, 32, 1)
+_MNIST = (28, 28, 1)
+# All four come from LeCun et al. 1998.
+_register_lenet = functools.partial(register, paper="LeCun et al. 1998")
+_register_lenet(
     "lenet5",
     LeNet5,
-    input_shape=(32, 32, 1),
-    paper="LeCun et al. 1998",
+    input_shape=_PADDED_MNIST,
     description="LeNet-5, modern form: ReLU and 2x2 max pooling",
 )
-register(
+_register_lenet(
     "lenet5_classic",
     functools.partial(LeNet5, act=jnp.tanh, pool=avg_pool2d),
-    input_shape=(32, 32, 1),
-    paper="LeCun et al. 1998",
+    input_shape=_PADDED_MNIST,
     description="LeNet-5 as in 1998: tanh and 2x2 average subsampling (full C3 connections)",
 )
-register(
+_register_lenet(
     "lenet5_1998",
     functools.partial(LeNet5, act=scaled_tanh, pool=avg_pool2d, c3_connections="lecun1998"),
-    input_shape=(32, 32, 1),
-    paper="LeCun et al. 1998",
+    input_shape=_PADDED_MNIST,
     description="LeNet-5 closer to 1998: 1.7159 tanh(2x/3), average subsampling, the Table I "
     "C3 connection map (1,516 C3 parameters); dense output instead of the RBF layer",
 )
-register(
+_register_lenet(
     "lenet300_100",
     LeNetMLP,
-    input_shape=(28, 28, 1),
-    paper="LeCun et al. 1998",
+    input_shape=_MNIST,
     description="LeNet-300-100: fully connected 784-300-100-10 with ReLU",
 )

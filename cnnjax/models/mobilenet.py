@@ -316,53 +316,37 @@ def _convert_mobilenet_v2(reader: TorchReader) -> dict:
     return variables
 
 
-def _v1_paper(alpha: float) -> str:
+def _register_v1(name: str, alpha: float) -> None:
+    """Registers MobileNet v1 at width multiplier `alpha` (no torchvision counterpart)."""
     macs, params = V1_PUBLISHED[(alpha, 224)]
-    return f"Howard et al. 2017 ({params}M params, {macs}M mult-adds)"
-
-
-def _v2_paper(width_mult: float) -> str:
-    published = V2_PUBLISHED.get(width_mult)
-    return "Sandler et al. 2018" + (f" ({published[0]}M mult-adds)" if published else "")
+    register(
+        name,
+        functools.partial(MobileNetV1, alpha=alpha),
+        input_shape=(224, 224, 3),
+        paper=f"Howard et al. 2017 ({params}M params, {macs}M mult-adds)",
+        description=f"MobileNet v1, width multiplier {alpha}, depthwise-separable blocks",
+    )
 
 
 # Table 6's other widths (0.75, 0.25) are `alpha=` away; registering them would only add compile
 # time to the registry-wide tests.
-register(
-    "mobilenet_v1",
-    functools.partial(MobileNetV1, alpha=1.0),
-    input_shape=(224, 224, 3),
-    paper=_v1_paper(1.0),
-    description="MobileNet v1, width multiplier 1.0, depthwise-separable blocks",
-)
-register(
-    "mobilenet_v1_050",
-    functools.partial(MobileNetV1, alpha=0.5),
-    input_shape=(224, 224, 3),
-    paper=_v1_paper(0.5),
-    description="MobileNet v1, width multiplier 0.5, depthwise-separable blocks",
-)
-register(
-    "mobilenet_v2",
-    functools.partial(MobileNetV2, width_mult=1.0),
-    input_shape=(224, 224, 3),
-    paper=_v2_paper(1.0),
-    description="MobileNet v2, width multiplier 1.0 (torchvision layout)",
-    converter=_convert_mobilenet_v2,
-)
-register(
-    "mobilenet_v2_050",
-    functools.partial(MobileNetV2, width_mult=0.5),
-    input_shape=(224, 224, 3),
-    paper=_v2_paper(0.5),
-    description="MobileNet v2, width multiplier 0.5 (torchvision layout)",
-    converter=_convert_mobilenet_v2,
-)
-register(
-    "mobilenet_v2_140",
-    functools.partial(MobileNetV2, width_mult=1.4),
-    input_shape=(224, 224, 3),
-    paper=_v2_paper(1.4),
-    description="MobileNet v2, width multiplier 1.4 (torchvision layout)",
-    converter=_convert_mobilenet_v2,
-)
+_register_v1("mobilenet_v1", alpha=1.0)
+_register_v1("mobilenet_v1_050", alpha=0.5)
+
+
+def _register_v2(name: str, width_mult: float) -> None:
+    """Registers torchvision's `mobilenet_v2(width_mult=width_mult)`, with its converter."""
+    published = V2_PUBLISHED.get(width_mult)
+    register(
+        name,
+        functools.partial(MobileNetV2, width_mult=width_mult),
+        input_shape=(224, 224, 3),
+        paper="Sandler et al. 2018" + (f" ({published[0]}M mult-adds)" if published else ""),
+        description=f"MobileNet v2, width multiplier {width_mult} (torchvision layout)",
+        converter=_convert_mobilenet_v2,
+    )
+
+
+_register_v2("mobilenet_v2", width_mult=1.0)
+_register_v2("mobilenet_v2_050", width_mult=0.5)
+_register_v2("mobilenet_v2_140", width_mult=1.4)

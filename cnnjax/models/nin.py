@@ -177,17 +177,17 @@ class NiN(nn.Module):
         return global_avg_pool(x), intermediates
 
 
-register(
+# Both come from Lin et al. 2014 (the ImageNet one as the authors released it, see above).
+_register_nin = functools.partial(register, paper="Lin et al. 2014")
+_register_nin(
     "nin_cifar",
     NiN,
     input_shape=(32, 32, 3),
-    paper="Lin et al. 2014",
     description="Network in Network for CIFAR-10: three mlpconv blocks, global average pooling",
 )
-register(
+_register_nin(
     "nin_imagenet",
     functools.partial(NiN, variant="imagenet", num_classes=1000),
     input_shape=(224, 224, 3),
-    paper="Lin et al. 2014",
     description="Network in Network for ImageNet (the authors' Caffe model): four mlpconv blocks",
 )

@@ -316,43 +316,20 @@ def _description(depth: int) -> str:
     )
 
 
-register(
-    "resnet18",
-    functools.partial(ResNet, depth=18),
-    input_shape=(224, 224, 3),
-    paper=_paper(18),
-    description=_description(18),
-    converter=_convert_resnet,
-)
-register(
-    "resnet34",
-    functools.partial(ResNet, depth=34),
-    input_shape=(224, 224, 3),
-    paper=_paper(34),
-    description=_description(34),
-    converter=_convert_resnet,
-)
-register(
-    "resnet50",
-    functools.partial(ResNet, depth=50),
-    input_shape=(224, 224, 3),
-    paper=_paper(50),
-    description=_description(50),
-    converter=_convert_resnet,
-)
-register(
-    "resnet101",
-    functools.partial(ResNet, depth=101),
-    input_shape=(224, 224, 3),
-    paper=_paper(101),
-    description=_description(101),
-    converter=_convert_resnet,
-)
-register(
-    "resnet152",
-    functools.partial(ResNet, depth=152),
-    input_shape=(224, 224, 3),
-    paper=_paper(152),
-    description=_description(152),
-    converter=_convert_resnet,
-)
+def _register_resnet(name: str, depth: int) -> None:
+    """Registers torchvision's `resnet{depth}`; one converter serves every depth."""
+    register(
+        name,
+        functools.partial(ResNet, depth=depth),
+        input_shape=(224, 224, 3),
+        paper=_paper(depth),
+        description=_description(depth),
+        converter=_convert_resnet,
+    )
+
+
+_register_resnet("resnet18", depth=18)
+_register_resnet("resnet34", depth=34)
+_register_resnet("resnet50", depth=50)
+_register_resnet("resnet101", depth=101)
+_register_resnet("resnet152", depth=152)

@@ -117,73 +117,26 @@ class CifarResNet(nn.Module):
         return logits, intermediates
 
 
-register(
-    "resnet20",
-    functools.partial(CifarResNet, depth=20),
-    input_shape=(32, 32, 3),
-    paper=f"He et al. 2016 (CIFAR-10 test error {PUBLISHED_ERROR[20]}%)",
-    description="CIFAR ResNet-20, option A shortcuts",
-)
-register(
-    "plain20",
-    functools.partial(CifarResNet, depth=20, shortcut="none"),
-    input_shape=(32, 32, 3),
-    paper="He et al. 2016 (plain baseline, Sec. 4.2)",
-    description="CIFAR plain-20: ResNet-20 without shortcuts",
-)
-register(
-    "resnet32",
-    functools.partial(CifarResNet, depth=32),
-    input_shape=(32, 32, 3),
-    paper=f"He et al. 2016 (CIFAR-10 test error {PUBLISHED_ERROR[32]}%)",
-    description="CIFAR ResNet-32, option A shortcuts",
-)
-register(
-    "plain32",
-    functools.partial(CifarResNet, depth=32, shortcut="none"),
-    input_shape=(32, 32, 3),
-    paper="He et al. 2016 (plain baseline, Sec. 4.2)",
-    description="CIFAR plain-32: ResNet-32 without shortcuts",
-)
-register(
-    "resnet44",
-    functools.partial(CifarResNet, depth=44),
-    input_shape=(32, 32, 3),
-    paper=f"He et al. 2016 (CIFAR-10 test error {PUBLISHED_ERROR[44]}%)",
-    description="CIFAR ResNet-44, option A shortcuts",
-)
-register(
-    "plain44",
-    functools.partial(CifarResNet, depth=44, shortcut="none"),
-    input_shape=(32, 32, 3),
-    paper="He et al. 2016 (plain baseline, Sec. 4.2)",
-    description="CIFAR plain-44: ResNet-44 without shortcuts",
-)
-register(
-    "resnet56",
-    functools.partial(CifarResNet, depth=56),
-    input_shape=(32, 32, 3),
-    paper=f"He et al. 2016 (CIFAR-10 test error {PUBLISHED_ERROR[56]}%)",
-    description="CIFAR ResNet-56, option A shortcuts",
-)
-register(
-    "plain56",
-    functools.partial(CifarResNet, depth=56, shortcut="none"),
-    input_shape=(32, 32, 3),
-    paper="He et al. 2016 (plain baseline, Sec. 4.2)",
-    description="CIFAR plain-56: ResNet-56 without shortcuts",
-)
-register(
-    "resnet110",
-    functools.partial(CifarResNet, depth=110),
-    input_shape=(32, 32, 3),
-    paper=f"He et al. 2016 (CIFAR-10 test error {PUBLISHED_ERROR[110]}%)",
-    description="CIFAR ResNet-110, option A shortcuts",
-)
-register(
-    "plain110",
-    functools.partial(CifarResNet, depth=110, shortcut="none"),
-    input_shape=(32, 32, 3),
-    paper="He et al. 2016 (plain baseline, Sec. 4.2)",
-    description="CIFAR plain-110: ResNet-110 without shortcuts",
-)
+def _register_cifar(name: str, depth: int, plain: bool = False) -> None:
+    """Registers CIFAR ResNet-`depth` or, with `plain`, its shortcut-free baseline (Sec. 4.2)."""
+    if plain:
+        constructor = functools.partial(CifarResNet, depth=depth, shortcut="none")
+        paper = "He et al. 2016 (plain baseline, Sec. 4.2)"
+        description = f"CIFAR plain-{depth}: ResNet-{depth} without shortcuts"
+    else:
+        constructor = functools.partial(CifarResNet, depth=depth)
+        paper = f"He et al. 2016 (CIFAR-10 test error {PUBLISHED_ERROR[depth]}%)"
+        description = f"CIFAR ResNet-{depth}, option A shortcuts"
+    register(name, constructor, input_shape=(32, 32, 3), paper=paper, description=description)
+
+
+_register_cifar("resnet20", depth=20)
+_register_cifar("plain20", depth=20, plain=True)
+_register_cifar("resnet32", depth=32)
+_register_cifar("plain32", depth=32, plain=True)
+_register_cifar("resnet44", depth=44)
+_register_cifar("plain44", depth=44, plain=True)
+_register_cifar("resnet56", depth=56)
+_register_cifar("plain56", depth=56, plain=True)
+_register_cifar("resnet110", depth=110)
+_register_cifar("plain110", depth=110, plain=True)

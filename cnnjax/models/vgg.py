@@ -142,70 +142,28 @@ def _description(config: str, batch_norm: bool) -> str:
     )
 
 
-register(
-    "vgg11",
-    functools.partial(VGG, config="A", norm=None),
-    input_shape=(224, 224, 3),
-    paper="Simonyan & Zisserman 2015",
-    description=_description("A", batch_norm=False),
-    converter=_vgg_converter("A", batch_norm=False),
-)
-register(
-    "vgg11_bn",
-    functools.partial(VGG, config="A", norm=BatchNorm),
-    input_shape=(224, 224, 3),
-    paper="Simonyan & Zisserman 2015",
-    description=_description("A", batch_norm=True),
-    converter=_vgg_converter("A", batch_norm=True),
-)
-register(
-    "vgg13",
-    functools.partial(VGG, config="B", norm=None),
-    input_shape=(224, 224, 3),
-    paper="Simonyan & Zisserman 2015",
-    description=_description("B", batch_norm=False),
-    converter=_vgg_converter("B", batch_norm=False),
-)
-register(
-    "vgg13_bn",
-    functools.partial(VGG, config="B", norm=BatchNorm),
-    input_shape=(224, 224, 3),
-    paper="Simonyan & Zisserman 2015",
-    description=_description("B", batch_norm=True),
-    converter=_vgg_converter("B", batch_norm=True),
-)
-register(
-    "vgg16",
-    functools.partial(VGG, config="D", norm=None),
-    input_shape=(224, 224, 3),
-    paper="Simonyan & Zisserman 2015",
-    description=_description("D", batch_norm=False),
-    converter=_vgg_converter("D", batch_norm=False),
-)
-register(
-    "vgg16_bn",
-    functools.partial(VGG, config="D", norm=BatchNorm),
-    input_shape=(224, 224, 3),
-    paper="Simonyan & Zisserman 2015",
-    description=_description("D", batch_norm=True),
-    converter=_vgg_converter("D", batch_norm=True),
-)
-register(
-    "vgg19",
-    functools.partial(VGG, config="E", norm=None),
-    input_shape=(224, 224, 3),
-    paper="Simonyan & Zisserman 2015",
-    description=_description("E", batch_norm=False),
-    converter=_vgg_converter("E", batch_norm=False),
-)
-register(
-    "vgg19_bn",
-    functools.partial(VGG, config="E", norm=BatchNorm),
-    input_shape=(224, 224, 3),
-    paper="Simonyan & Zisserman 2015",
-    description=_description("E", batch_norm=True),
-    converter=_vgg_converter("E", batch_norm=True),
-)
+def _register_vgg(name: str, config: str, batch_norm: bool) -> None:
+    """Registers torchvision's `vgg*` / `vgg*_bn` of configuration `config` (Table 1)."""
+    register(
+        name,
+        functools.partial(VGG, config=config, norm=BatchNorm if batch_norm else None),
+        input_shape=(224, 224, 3),
+        paper="Simonyan & Zisserman 2015",
+        description=_description(config, batch_norm=batch_norm),
+        converter=_vgg_converter(config, batch_norm=batch_norm),
+    )
+
+
+_register_vgg("vgg11", "A", batch_norm=False)
+_register_vgg("vgg11_bn", "A", batch_norm=True)
+_register_vgg("vgg13", "B", batch_norm=False)
+_register_vgg("vgg13_bn", "B", batch_norm=True)
+_register_vgg("vgg16", "D", batch_norm=False)
+_register_vgg("vgg16_bn", "D", batch_norm=True)
+_register_vgg("vgg19", "E", batch_norm=False)
+_register_vgg("vgg19_bn", "E", batch_norm=True)
+
+# The CIFAR form has no torchvision counterpart, hence no converter.
 register(
     "vgg16_cifar",
     functools.partial(VGG, config="D", norm=BatchNorm, hidden=(), pool_size=None, num_classes=10),

@@ -1,5 +1,8 @@
 """Every registered model: forward shapes, named intermediates, parameter counts, errors."""
 
+import ast
+import pathlib
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -67,6 +70,18 @@ def test_torchvision_converters_live_in_the_registry():
     assert "resnet50" in convertible_models() and "resnet20" not in convertible_models()
     with pytest.raises(ConfigError, match="torchvision converter 'resnet20'"):
         from_torch("resnet20", {})
+
+
+def test_every_registered_name_is_written_literally_as_the_first_argument_of_a_call():
+    """Greppable names: no name is built by a loop or an f-string."""
+    literal_first_args = set()
+    for path in pathlib.Path(registry.__file__).parent.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Call) and node.args:
+                first = node.args[0]
+                if isinstance(first, ast.Constant) and isinstance(first.value, str):
+                    literal_first_args.add(first.value)
+    assert set(models.list_models()) <= literal_first_args
 
 
 def has_batch_norm(variables) -> bool:
