@@ -135,10 +135,43 @@ def _identity(dtype, op: str) -> jnp.ndarray:
 
 
 def _reduce(x: jnp.ndarray, plan: PoolWindow, op: str) -> jnp.ndarray:
+    if plan.dilation != (1, 1, 1, 1):
+        return _dilated_extreme(x, plan, op)
     reducer = lax.max if op == "max" else lax.min
     return lax.reduce_window(
         x, _identity(x.dtype, op), reducer, plan.dims, plan.strides, plan.pads, None, plan.dilation
     )
+
+
+def _dilated_extreme(x: jnp.ndarray, plan: PoolWindow, op: str) -> jnp.ndarray:
+    """Max or min over dilated windows, as a selection among the `k_h k_w` tap views.
+
+    XLA's reduce_window has no gradient for a dilated max, so the window is unrolled: every tap
+    gives a strided view `(N, H_out, W_out, C)` of the padded input, and the output takes, per
+    position, the view that wins (`argmax`: the first in row-major window order on ties, as
+    PyTorch). The selection is an integer index, so autodiff routes each output's gradient to
+    that one input pixel, like XLA's undilated max pool and PyTorch (a max over the stacked views
+    would split it among ties), in forward and reverse mode and to any order.
+    """
+    _, kh, kw, _ = plan.dims
+    _, sh, sw, _ = plan.strides
+    _, dh, dw, _ = plan.dilation
+    (ho, wo), (n, _, _, c) = plan.out, x.shape
+    padded = lax.pad(x, _identity(x.dtype, op), [(b, a, 0) for b, a in plan.pads])
+    views = jnp.stack(
+        [
+            lax.slice(
+                padded,
+                (0, i * dh, j * dw, 0),
+                (n, i * dh + sh * (ho - 1) + 1, j * dw + sw * (wo - 1) + 1, c),
+                plan.strides,
+            )
+            for i in range(kh)
+            for j in range(kw)
+        ]
+    )
+    winner = jnp.argmax(views, axis=0) if op == "max" else jnp.argmin(views, axis=0)
+    return jnp.take_along_axis(views, winner[None], axis=0)[0]
 
 
 def _as_float(x: jnp.ndarray) -> jnp.ndarray:
@@ -255,7 +288,7 @@ def lp_pool2d(
     (k_h k_w)^(-1/p) lp_pool2d(x, p)`, between the average (`p = 1`) and the max (`p -> inf`).
 
     As in PyTorch, `x^p` of a negative `x` is NaN for non-integer `p`, so feed non-negative
-    activations (after a ReLU), and with `p > 1` the gradient is NaN where a window sums to 0.
+    activations (after a ReLU); where a window sums to 0 the output and its gradient are 0.
     Zero padding contributes 0 to the sum; ceil mode's partial windows sum over the pixels they
     cover (PyTorch instead rescales them by `k_h k_w / covered`).
 
@@ -274,7 +307,13 @@ def lp_pool2d(
         raise ConfigError(f"{layer}: p must be a positive finite number, got {p!r}")
     plan = plan_window(x, window, strides, padding, 1, ceil_mode, layer)
     x = _as_float(x)
-    return _window_sum(jnp.power(x, p), plan) ** (1.0 / p)
+    total = _window_sum(jnp.power(x, p), plan)
+    # d(S^(1/p))/dS is infinite at S = 0 (an all-zero window) and the chain rule would give
+    # inf * 0 = NaN; the root of a safe S keeps the gradient 0 there, as PyTorch's lp_pool2d.
+    positive = total > 0
+    return jnp.where(positive, jnp.where(positive, total, 1.0) ** (1.0 / p), 0.0).astype(
+        total.dtype
+    )
 
 
 def global_avg_pool(x: jnp.ndarray, keepdims: bool = False) -> jnp.ndarray:

@@ -141,6 +141,98 @@ def test_window_pools_match_numpy_loops(case, p):
     np.testing.assert_allclose(got, expected, rtol=1e-5)
 
 
+def numpy_extreme_gradient(x, cotangent, op, window, strides, pads, dilation, ceil_mode):
+    """Gradient of a max (`op=np.greater`) or min pool by loops: each output's cotangent goes to
+    the first tap in row-major window order that holds the window's extreme (PyTorch's rule)."""
+    _, h, w, _ = x.shape
+    (kh, kw), (sh, sw), (dh, dw), ((top, bottom), (left, right)) = window, strides, dilation, pads
+    rows = window_starts(h, kh, sh, dh, top, bottom, ceil_mode)
+    cols = window_starts(w, kw, sw, dw, left, right, ceil_mode)
+    grad = np.zeros(x.shape)
+    for n in range(x.shape[0]):
+        for ch in range(x.shape[3]):
+            for i, r0 in enumerate(rows):
+                for j, c0 in enumerate(cols):
+                    best = None
+                    for a in range(kh):
+                        for b in range(kw):
+                            r, c = r0 + a * dh - top, c0 + b * dw - left
+                            inside = 0 <= r < h and 0 <= c < w
+                            if inside and (best is None or op(x[n, r, c, ch], x[n, *best, ch])):
+                                best = (r, c)
+                    if best is not None:
+                        grad[n, *best, ch] += cotangent[n, i, j, ch]
+    return grad
+
+
+@settings(max_examples=12, deadline=None)
+@given(case=window_cases())
+def test_max_and_min_pool_gradients_go_to_one_winner_per_window(case):
+    """Dilated windows too (XLA has no gradient for them); integer-valued input makes ties."""
+    kernel, strides, dilation, pads, ceil_mode, (h, w) = case
+    x = np.random.default_rng(1).integers(0, 3, size=(2, h, w, 2)).astype(np.float32)
+    common = dict(window=kernel, strides=strides, padding=pads, ceil_mode=ceil_mode)
+    for fn, op in [(max_pool2d, np.greater), (min_pool2d, np.less)]:
+        out, vjp = jax.vjp(lambda x, fn=fn: fn(x, dilation=dilation, **common), x)
+        cotangent = normal(3, *out.shape)
+        expected = numpy_extreme_gradient(
+            x, cotangent, op, kernel, strides, pads, dilation, ceil_mode
+        )
+        np.testing.assert_allclose(vjp(cotangent)[0], expected, 1e-5, 1e-6, err_msg=fn.__name__)
+
+
+@settings(max_examples=15, deadline=None)
+@given(case=window_cases(symmetric=True))
+def test_max_pool_gradient_matches_torch(case):
+    """Dilation, padding, ceil mode and ties (integer-valued input) against PyTorch's backward."""
+    torch = pytest.importorskip("torch")
+    kernel, strides, dilation, pads, ceil_mode, (h, w) = case
+    padding = tuple(pair[0] for pair in pads)
+    x = np.random.default_rng(1).integers(0, 3, size=(2, h, w, 3)).astype(np.float32)
+    pool = functools.partial(
+        max_pool2d, window=kernel, strides=strides, padding=padding, dilation=dilation
+    )
+    out, vjp = jax.vjp(lambda x: pool(x, ceil_mode=ceil_mode), x)
+    cotangent = normal(3, *out.shape)
+    xt = torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2))).double()
+    xt.requires_grad_(True)
+    yt = torch.nn.functional.max_pool2d(xt, kernel, strides, padding, dilation, ceil_mode)
+    yt.backward(torch.from_numpy(np.ascontiguousarray(cotangent.transpose(0, 3, 1, 2))).double())
+    expected = xt.grad.numpy().transpose(0, 2, 3, 1)
+    np.testing.assert_allclose(vjp(cotangent)[0], expected, rtol=1e-5, atol=1e-6)
+
+
+def test_dilated_max_pool_has_forward_mode_and_second_order_derivatives():
+    x = normal(4, 1, 7, 7, 2)
+    pool = functools.partial(max_pool2d, window=3, strides=1, padding=2, dilation=2)
+    tangent = normal(5, *x.shape)
+    out, out_tangent = jax.jvp(pool, (x,), (tangent,))
+    _, vjp = jax.vjp(pool, x)
+    cotangent = normal(6, *out.shape)
+    # <J t, c> = <t, J^T c>: forward and reverse mode describe the same linear map.
+    np.testing.assert_allclose(
+        np.sum(out_tangent * cotangent), np.sum(tangent * vjp(cotangent)[0]), rtol=1e-5
+    )
+    hessian_vector = jax.grad(lambda x: jnp.sum(jax.grad(lambda x: jnp.sum(pool(x) ** 2))(x)))(x)
+    assert np.all(np.isfinite(hessian_vector))
+
+
+def test_lp_pool_gradient_is_zero_on_an_all_zero_window():
+    x = np.zeros((1, 4, 4, 1), np.float32)
+    x[0, :2, :2, 0] = [[1.0, 2.0], [0.5, 3.0]]  # one window non-zero, three all zero
+    for p in (1, 2, 3, 1.5):
+        out = lp_pool2d(x, p, 2)
+        grad = jax.grad(lambda x, p=p: jnp.sum(lp_pool2d(x, p, 2)))(x)
+        assert np.all(np.isfinite(grad)), p
+        np.testing.assert_array_equal(out[0, :, :, 0] == 0, [[False, True], [True, True]])
+        window = x[0, :2, :2, 0].astype(np.float64)
+        norm = np.sum(window**p) ** (1 / p)
+        # d/dx (sum x^p)^(1/p) = x^(p-1) / norm^(p-1)
+        np.testing.assert_allclose(grad[0, :2, :2, 0], window ** (p - 1) / norm ** (p - 1), 1e-5)
+        np.testing.assert_array_equal(grad[0, 2:, :, 0], 0)
+        np.testing.assert_array_equal(grad[0, :, 2:, 0], 0)
+
+
 @pytest.mark.parametrize(
     "window, strides, padding",
     [(2, None, "valid"), (3, 2, "same"), ((3, 2), (1, 2), ((1, 0), (1, 1)))],
