@@ -36,8 +36,10 @@ class _Conv(nn.Module):
       dilation: kernel dilation `d` or one per axis.
       groups: input and output channels are split into this many independent groups.
       use_bias: add a learned bias per output channel.
-      padding_mode: "zeros", "constant", "reflect", "replicate" or "circular".
-      padding_value: fill value of padding_mode "constant".
+      padding_mode: "zeros", "constant", "reflect", "symmetric" (edge repeated: OpenCV's
+        BORDER_REFLECT), "replicate" or "circular" (see `cnnjax.layers.padding`).
+      padding_value: fill of padding_mode "constant": a number, or a tuple with one per input
+        channel (an RGB border colour).
       flip_kernel: true convolution (kernel rotated 180 degrees) instead of cross-correlation.
       impl: "auto" (oneDNN kernels on CPU when available, else XLA's), "xla", "onednn", or
         "explicit" for the course's backpropagation formulas (`backprop.py`); see `conv_ops`.
@@ -56,7 +58,7 @@ class _Conv(nn.Module):
     groups: int = 1
     use_bias: bool = True
     padding_mode: str = "zeros"
-    padding_value: float = 0.0
+    padding_value: float | tuple[float, ...] = 0.0
     flip_kernel: bool = False
     impl: str = "auto"
     kernel_init: Initializer = nn.initializers.lecun_normal()
@@ -162,6 +164,7 @@ class SeparableConv2d(nn.Module):
     depth_multiplier: int = 1
     use_bias: bool = True
     padding_mode: str = "zeros"
+    padding_value: float | tuple[float, ...] = 0.0
     impl: str = "auto"
     kernel_init: Initializer = nn.initializers.lecun_normal()
     precision: Any = None
@@ -177,6 +180,7 @@ class SeparableConv2d(nn.Module):
             padding=self.padding,
             dilation=self.dilation,
             padding_mode=self.padding_mode,
+            padding_value=self.padding_value,
             use_bias=False,
             name="depthwise",
             **common,
@@ -208,6 +212,7 @@ class SpatiallySeparableConv2d(nn.Module):
     mid_features: int | None = None
     use_bias: bool = True
     padding_mode: str = "zeros"
+    padding_value: float | tuple[float, ...] = 0.0
     impl: str = "auto"
     kernel_init: Initializer = nn.initializers.lecun_normal()
     precision: Any = None
@@ -221,8 +226,11 @@ class SpatiallySeparableConv2d(nn.Module):
         )
         dh, dw = as_pair(self.dilation, "dilation")
         rows, cols = resolve_padding(self.padding, (kh, kw), (dh, dw))
+        # Each half pads its own input: a per-channel padding_value must fit both (C_in and
+        # mid_features channels); a number always does.
         common = dict(
             padding_mode=self.padding_mode,
+            padding_value=self.padding_value,
             impl=self.impl,
             kernel_init=self.kernel_init,
             precision=self.precision,

@@ -91,7 +91,7 @@ def conv(
     dilation: int | Sequence[int] = 1,
     groups: int = 1,
     padding_mode: str = "zeros",
-    padding_value: float = 0.0,
+    padding_value: float | Sequence[float] | jnp.ndarray = 0.0,
     flip_kernel: bool = False,
     precision=None,
     impl: str = "auto",
@@ -108,8 +108,9 @@ def conv(
         (see `resolve_padding`).
       groups: channels are split into `groups` independent convolutions (`groups == C_in`:
         depthwise).
-      padding_mode: how the padding is filled: "zeros", "constant" (`padding_value`), "reflect",
-        "replicate" or "circular".
+      padding_mode: how the padding is filled, one of `PAD_MODES`: "zeros", "constant"
+        (`padding_value`), "reflect", "symmetric", "replicate" or "circular" (`pad`).
+      padding_value: fill of "constant": a number or one per input channel; differentiable.
       flip_kernel: true convolution (kernel rotated 180 degrees) instead of cross-correlation.
       precision: `lax.Precision` of the products (None: the backend's default).
       impl: "auto", "xla", "onednn" or "explicit" (gradients from the course's formulas), see

@@ -18,6 +18,7 @@ NUMPY_MODES = {
     "zeros": "constant",
     "constant": "constant",
     "reflect": "reflect",
+    "symmetric": "symmetric",
     "replicate": "edge",
     "circular": "wrap",
 }

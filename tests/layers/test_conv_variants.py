@@ -12,6 +12,7 @@ from cnnjax.errors import ConfigError, ShapeError
 from cnnjax.layers import conv_impl, conv_ops
 from cnnjax.layers.conv import (
     CONV_KINDS,
+    Conv2d,
     ConvTranspose2d,
     SeparableConv2d,
     SpatiallySeparableConv2d,
@@ -22,7 +23,13 @@ from tests.layers.helpers import rng_key
 from tests.layers.test_conv import numpy_conv
 
 HIGHEST = lax.Precision.HIGHEST
-NUMPY_PAD = {"zeros": "constant", "reflect": "reflect", "replicate": "edge", "circular": "wrap"}
+NUMPY_PAD = {
+    "zeros": "constant",
+    "reflect": "reflect",
+    "symmetric": "symmetric",
+    "replicate": "edge",
+    "circular": "wrap",
+}
 
 
 def normal(seed, *shape):
@@ -37,7 +44,7 @@ def conv_cases(draw):
     stride = draw(st.integers(1, 3))
     mode = draw(st.sampled_from(sorted(NUMPY_PAD)))
     size = draw(st.integers(dilation * (kernel - 1) + 1, 8))
-    max_pad = size - 1 if mode == "reflect" else 2
+    max_pad = {"reflect": size - 1, "symmetric": size}.get(mode, 2)
     before, after = draw(st.integers(0, max_pad)), draw(st.integers(0, max_pad))
     return dict(
         groups=groups,
@@ -192,6 +199,36 @@ def test_true_convolution_is_correlation_with_rot180_kernel():
     kernel = np.arange(9, dtype=np.float32).reshape(3, 3, 1, 1)
     out = conv_ops.conv2d(impulse, kernel, padding="same", flip_kernel=True)
     np.testing.assert_array_equal(out[0, 1:4, 1:4, 0], kernel[:, :, 0, 0])
+
+
+def test_convs_pad_with_a_per_channel_constant_and_its_gradient_flows():
+    x, w = normal(0, 2, 5, 5, 3), normal(1, 3, 3, 3, 4)
+    colour = np.array([0.2, -0.5, 1.0], np.float32)
+    got = conv_ops.conv2d(
+        x, w, padding=1, padding_mode="constant", padding_value=colour, precision=HIGHEST
+    )
+    padded = np.stack(
+        [np.pad(x[..., c], ((0, 0), (1, 1), (1, 1)), constant_values=colour[c]) for c in range(3)],
+        -1,
+    )
+    np.testing.assert_allclose(got, numpy_conv(padded, w, 0.0, 1, ((0, 0),) * 2, 1, 1), 1e-5, 1e-5)
+    module = Conv2d(4, 3, padding_mode="constant", padding_value=tuple(colour.tolist()))
+    params = {"kernel": w, "bias": np.zeros(4, np.float32)}
+    np.testing.assert_allclose(module.apply({"params": params}, x), got, rtol=1e-5, atol=1e-5)
+    # d(sum conv)/d(colour_c) = sum over border pixels of channel c of the taps that reach them.
+    grad = jax.grad(
+        lambda v: jnp.sum(
+            conv_ops.conv2d(x, w, padding=1, padding_mode="constant", padding_value=v)
+        )
+    )(colour)
+    step = 1e-2
+    for c in range(3):
+        bump = colour.copy()
+        bump[c] += step
+        shifted = conv_ops.conv2d(
+            x, w, padding=1, padding_mode="constant", padding_value=bump, precision=HIGHEST
+        )
+        np.testing.assert_allclose(grad[c], (np.sum(shifted) - np.sum(got)) / step, rtol=1e-3)
 
 
 def test_sobel_is_separable_and_the_separable_path_agrees():

@@ -1,6 +1,8 @@
 """`pad` against numpy and PyTorch."""
 
 import hypothesis.strategies as st
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -34,6 +36,7 @@ def test_modes_on_a_row_read_like_the_course():
     expected = {
         "zeros": [0, 0, 1, 2, 3, 4, 0, 0],
         "reflect": [3, 2, 1, 2, 3, 4, 3, 2],
+        "symmetric": [2, 1, 1, 2, 3, 4, 4, 3],
         "replicate": [1, 1, 1, 2, 3, 4, 4, 4],
         "circular": [3, 4, 1, 2, 3, 4, 1, 2],
     }
@@ -54,6 +57,56 @@ def test_bad_modes_and_sizes_are_clear_errors():
         pad(x, 1, "reflection")
     with pytest.raises(ShapeError, match=r"reflect padding \(3, 3\)"):
         pad(x, 3, "reflect")
+    assert pad(x, 3, "symmetric").shape == (1, 9, 9, 1)  # one full mirror image is allowed
+    with pytest.raises(ShapeError, match=r"symmetric padding \(4, 4\) needs an axis at least"):
+        pad(x, 4, "symmetric")
+    with pytest.raises(ShapeError, match=r"value of shape \(2,\): give one number or one per"):
+        pad(x, 1, "constant", value=(1.0, 2.0))
+
+
+def padding_matrix(shape, pads, mode, value=0.0):
+    """numpy's padding of each basis image: `(padded size, input size)` columns, and the
+    padded image of zeros (the affine part: the constant's border)."""
+    widths = ((0, 0), *pads, (0, 0))
+    kwargs = {"constant_values": value} if NUMPY_MODES[mode] == "constant" else {}
+    fill = lambda x: np.pad(x, widths, mode=NUMPY_MODES[mode], **kwargs).ravel()  # noqa: E731
+    offset = fill(np.zeros(shape))
+    columns = []
+    for i in range(int(np.prod(shape))):
+        basis = np.zeros(int(np.prod(shape)))
+        basis[i] = 1.0
+        columns.append(fill(basis.reshape(shape)) - offset)
+    return np.stack(columns, 1), offset
+
+
+@pytest.mark.parametrize("mode", PAD_MODES)
+def test_pad_gradient_is_the_transpose_of_numpys_padding(mode):
+    shape, pads = (1, 3, 4, 2), ((2, 1), (1, 3))
+    x = np.random.default_rng(2).normal(size=shape).astype(np.float32)
+    matrix, _ = padding_matrix(shape, pads, mode, value=0.7)
+    cotangent = np.random.default_rng(3).normal(size=matrix.shape[0]).astype(np.float32)
+    _, vjp = jax.vjp(lambda x: pad(x, pads, mode, value=0.7), x)
+    (grad,) = vjp(cotangent.reshape((1, 6, 8, 2)))
+    np.testing.assert_allclose(grad.ravel(), matrix.T @ cotangent, rtol=1e-5, atol=1e-5)
+
+
+def test_per_channel_constant_fills_each_channel_and_has_a_gradient():
+    x = np.random.default_rng(4).normal(size=(2, 3, 3, 3)).astype(np.float32)
+    colour = np.array([0.485, 0.456, 0.406], np.float32)  # an RGB border colour
+    got = np.asarray(pad(x, ((1, 2), (0, 1)), "constant", value=colour))
+    expected = np.stack(
+        [np.pad(x[..., c], ((0, 0), (1, 2), (0, 1)), constant_values=colour[c]) for c in range(3)],
+        -1,
+    )
+    np.testing.assert_array_equal(got, expected)
+    weights = np.random.default_rng(5).normal(size=got.shape).astype(np.float32)
+    border = np.pad(np.zeros((2, 3, 3, 3)), ((0, 0), (1, 2), (0, 1), (0, 0)), constant_values=1)
+    loss = lambda v: jnp.sum(weights * pad(x, ((1, 2), (0, 1)), "constant", value=v))  # noqa: E731
+    np.testing.assert_allclose(
+        jax.grad(loss)(colour), np.sum(weights * border, axis=(0, 1, 2)), rtol=1e-5
+    )
+    scalar = jax.grad(lambda v: jnp.sum(pad(x, 1, "constant", value=v)))(2.0)
+    assert scalar == 2 * (5 * 5 - 3 * 3) * 3  # border pixels of every image and channel
 
 
 def test_pad_matches_torch():
