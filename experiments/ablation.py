@@ -21,6 +21,7 @@ import ml_collections
 import numpy as np
 
 from cnnjax.errors import ConfigError
+from cnnjax.train.files import write_json_atomic
 from cnnjax.train.loop import TrainedRun, print_progress, train
 
 
@@ -59,13 +60,6 @@ def apply_overrides(config: ml_collections.ConfigDict, overrides: Mapping[str, A
             with node.unlocked():
                 node[leaf] = value
     return config
-
-
-def _write_json(path: str, payload) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(payload, f, indent=2)
-    os.replace(tmp, path)  # a crash never leaves a half-written result
 
 
 def run_ablation(
@@ -114,7 +108,7 @@ def run_ablation(
             if measure is not None:
                 record.update(measure(run, arm))
             record["wall_seconds"] = time.perf_counter() - start
-            _write_json(result_path, record)
+            write_json_atomic(result_path, record)
             records.append(record)
     return records
 
@@ -243,5 +237,5 @@ def write_results(workdir: str, header: str, tables: Sequence[str], payload: dic
     text = header.rstrip() + "\n\n" + "\n\n".join(t.rstrip() for t in tables) + "\n"
     with open(os.path.join(workdir, "results.md"), "w") as f:
         f.write(text)
-    _write_json(os.path.join(workdir, "results.json"), payload)
+    write_json_atomic(os.path.join(workdir, "results.json"), payload)
     return text

@@ -21,6 +21,7 @@ from cnnjax.errors import ConfigError, NonFiniteLossError
 from cnnjax.layers.components import resolve_components
 from cnnjax.train.checkpoint import Checkpoints
 from cnnjax.train.config import schema_defaults, validate_config
+from cnnjax.train.files import write_json_atomic
 from cnnjax.train.metrics import MetricWriter
 from cnnjax.train.optim import make_optimizer
 from cnnjax.train.state import create_train_state
@@ -173,8 +174,7 @@ def train(
     )
     try:
         state, start_step = checkpoints.restore_latest(state)
-        with open(os.path.join(workdir, "config.json"), "w") as f:
-            json.dump(checkpoints.config, f, indent=2)
+        write_json_atomic(os.path.join(workdir, "config.json"), checkpoints.config)
         writer = MetricWriter(workdir, resume_step=start_step)
         print_progress(
             f"{config.model}: {_count(state.params):,} parameters; "
