@@ -7,6 +7,8 @@ raise a `ConfigError` naming the key, the value and the valid choices.
 
 from __future__ import annotations
 
+import math
+
 import ml_collections
 
 from cnnjax import models
@@ -133,10 +135,41 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     for key, value in positive.items():
         if value < 1:
             raise ConfigError(f"{key} must be >= 1, got {value}")
-    if config.num_steps <= 0 and not config.num_epochs > 0:
+    _check_ranges(config)
+    if config.num_steps == 0 and not config.num_epochs > 0:
         raise ConfigError("set num_steps > 0 or num_epochs > 0 (both are <= 0)")
     if config.augment.crop_padding < 0:
         raise ConfigError(f"augment.crop_padding must be >= 0, got {config.augment.crop_padding}")
     for key in ("log_every", "eval_every", "checkpoint_every"):
         if config[key] < 0:
             raise ConfigError(f"{key} must be >= 0 (0 = only at the end), got {config[key]}")
+
+
+def _finite(value) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+# (dotted key, test, the rule in words): numeric fields whose bad values would train silently
+# (a negative loss from label_smoothing > 1), fall back (a negative num_steps to epochs) or fail
+# only after compiling (an infinite learning rate at step 2).
+_RANGES = (
+    ("num_steps", lambda v: isinstance(v, int) and v >= 0, "an integer >= 0 (0 = use num_epochs)"),
+    ("num_epochs", _finite, "a finite number"),
+    ("label_smoothing", lambda v: _finite(v) and 0 <= v < 1, "in [0, 1)"),
+    ("optimizer.lr", lambda v: _finite(v) and v > 0, "a finite number > 0"),
+    ("optimizer.momentum", lambda v: _finite(v) and 0 <= v < 1, "in [0, 1)"),
+    ("optimizer.b1", lambda v: _finite(v) and 0 <= v < 1, "in [0, 1)"),
+    ("optimizer.b2", lambda v: _finite(v) and 0 <= v < 1, "in [0, 1)"),
+    ("optimizer.weight_decay", lambda v: _finite(v) and v >= 0, "a finite number >= 0"),
+    ("optimizer.grad_clip_norm", lambda v: _finite(v) and v >= 0, "a finite number >= 0 (0 = off)"),
+    ("schedule.decay_factor", lambda v: _finite(v) and v > 0, "a finite number > 0"),
+    ("schedule.warmup_steps", lambda v: isinstance(v, int) and v >= 0, "an integer >= 0"),
+    ("schedule.final_lr_fraction", lambda v: _finite(v) and 0 <= v <= 1, "in [0, 1]"),
+)
+
+
+def _check_ranges(config: ml_collections.ConfigDict) -> None:
+    values = flatten(config.to_dict())
+    for key, ok, rule in _RANGES:
+        if not ok(values[key]):
+            raise ConfigError(f"{key} must be {rule}, got {values[key]!r}")
