@@ -37,6 +37,13 @@ BAD_INPUTS = [
     (["--config.optimizer.learning_rate=1"], "did you mean 'optimizer.lr'"),
     (["--config.model_kwargs.width=4"], "add it to config.model_kwargs in the config file"),
     (["--config.dataset=cifar10_jpeg", "--config.data_dir=/nonexistent"], "TFDS_DATA_DIR"),
+    (["--workdir={file}"], "is a file, not a folder"),
+    (["--workdir={file}/run"], "cannot create workdir '"),
+    (
+        ["--workdir={fresh}", "--config.batch_size=5000"],
+        "batch_size 5000 exceeds the 1438 training",
+    ),
+    (["--config.label_smoothing=5"], r"label_smoothing must be in [0, 1), got 5.0"),
 ]
 
 
@@ -44,8 +51,11 @@ BAD_INPUTS = [
 def bad_input_results(tmp_path_factory):
     """Each command line of `BAD_INPUTS`, all run in one process (tests/cli_harness.py)."""
     workdir = tmp_path_factory.mktemp("bad_input")
+    paths = dict(file=workdir / "a_file", fresh=workdir / "never_made")
+    paths["file"].write_text("not a folder")
     argvs = [
-        ["--config=configs/default.py", f"--workdir={workdir}", *args] for args, _ in BAD_INPUTS
+        ["--config=configs/default.py", f"--workdir={workdir}", *(a.format(**paths) for a in args)]
+        for args, _ in BAD_INPUTS
     ]
     argvs.append(["--config=configs/nope.py", f"--workdir={workdir}"])
     harness = subprocess.run(
@@ -65,6 +75,11 @@ def bad_input_results(tmp_path_factory):
 @pytest.mark.parametrize("case", range(len(BAD_INPUTS)), ids=[m for _, m in BAD_INPUTS])
 def test_bad_input_gives_one_clear_error_line(bad_input_results, case):
     assert_one_error_line(bad_input_results[case], BAD_INPUTS[case][1])
+
+
+def test_a_refused_run_leaves_no_workdir(bad_input_results):
+    fresh = [a for r in bad_input_results for a in r.args if a.endswith("never_made")]
+    assert len(fresh) == 1 and not os.path.exists(fresh[0].split("=", 1)[1])
 
 
 def test_missing_config_file_is_reported(bad_input_results):

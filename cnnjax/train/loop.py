@@ -116,6 +116,22 @@ class TrainedRun:
     train_source: Any
 
 
+def prepare_workdir(workdir: str) -> None:
+    """Creates `workdir` (and its parents) or checks that it is a writable folder.
+
+    Raises:
+      ConfigError: `workdir` is a file, cannot be created, or cannot be written.
+    """
+    if os.path.exists(workdir) and not os.path.isdir(workdir):
+        raise ConfigError(f"workdir {workdir!r} is a file, not a folder")
+    try:
+        os.makedirs(workdir, exist_ok=True)
+    except OSError as error:
+        raise ConfigError(f"cannot create workdir {workdir!r}: {error.strerror}") from None
+    if not os.access(workdir, os.W_OK | os.X_OK):
+        raise ConfigError(f"workdir {workdir!r} is not writable")
+
+
 def train_and_evaluate(
     config: ml_collections.ConfigDict, workdir: str, hooks: Sequence[Hook] = ()
 ) -> dict[str, float]:
@@ -167,7 +183,11 @@ def train(
     )
     train_step, eval_step = jit_steps(preprocess, config.label_smoothing, loss)
 
-    os.makedirs(workdir, exist_ok=True)
+    if config.batch_size > len(train_source):  # refused before the workdir exists
+        raise ConfigError(
+            f"batch_size {config.batch_size} exceeds the {len(train_source)} training examples"
+        )
+    prepare_workdir(workdir)
     resolved = json.loads(config.to_json())
     checkpoints = Checkpoints(
         workdir, resolved, keep=config.keep_checkpoints, defaults=schema_defaults()
