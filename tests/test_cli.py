@@ -166,6 +166,8 @@ ENTRY_POINTS = {
     "cnnjax.summary": [
         (["--bogus"], "unknown flag --bogus"),
         (["--model=lenet5", "--batch=0"], "--batch=0: 0 is not a positive integer"),
+        ([], "missing required flag --model"),
+        (["--model=resnet20", "--input=32,32"], "input shape (32, 32) has 2 dimensions; model"),
     ],
     "cnnjax.bench": [(["--model=lenet5", "--stepz=2"], "did you mean --steps?")],
     "cnnjax.plot": [(["--bogus"], "unknown flag --bogus"), ([], "missing argument WORKDIR")],

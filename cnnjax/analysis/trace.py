@@ -304,7 +304,8 @@ def trace_model(
       A `LayerTable`.
 
     Raises:
-      ConfigError: unknown model name, or a module without `input_shape`.
+      ConfigError: unknown model name, an input shape of the wrong rank for a registry model,
+        or a module without `input_shape`.
       ShapeError: the input is too small for the model (raised by the layer that cannot fit).
     """
     if isinstance(name_or_module, str):
@@ -313,6 +314,11 @@ def trace_model(
         info = models.model_info(name_or_module)
         module, label = models.create_model(name_or_module), name_or_module
         input_shape = tuple(info.input_shape if input_shape is None else input_shape)
+        if len(input_shape) != len(info.input_shape):  # else "too small" from the first layer
+            raise ConfigError(
+                f"input shape {input_shape} has {len(input_shape)} dimensions; model "
+                f"{name_or_module!r} takes {len(info.input_shape)} (default {info.input_shape})"
+            )
     else:
         module, label = name_or_module, type(name_or_module).__name__
         if input_shape is None:
