@@ -35,7 +35,7 @@ from collections.abc import Callable, Iterator, Sequence
 from absl import app, flags, logging
 from ml_collections import config_dict, config_flags
 
-from cnnjax.errors import CnnjaxError, ConfigError, fail, unknown_choice
+from cnnjax.errors import CnnjaxError, ConfigError, Preempted, fail, unknown_choice
 
 RESUME = "interrupted; run the same command again to resume from the latest checkpoint"
 
@@ -131,6 +131,8 @@ def run(
             fail(f"missing argument {arguments[len(given)]}")
         try:
             return main(*given)
+        except Preempted as error:
+            fail(str(error), Preempted.EXIT_STATUS)
         except CnnjaxError as error:
             fail(str(error))
         except KeyboardInterrupt:

@@ -38,6 +38,16 @@ class NonFiniteLossError(CnnjaxError):
     """Training produced a NaN or infinite loss and was stopped."""
 
 
+class Preempted(CnnjaxError):
+    """The run got SIGTERM (how clusters preempt a job), saved a checkpoint and stopped.
+
+    Commands exit with `EXIT_STATUS`, the status of a process ended by SIGTERM, which schedulers
+    read as "preempted, requeue" rather than as a failure of the job itself.
+    """
+
+    EXIT_STATUS = 128 + 15
+
+
 def unknown_choice(what: str, value: object, choices: Iterable[str]) -> str:
     """Formats "unknown <what> 'x'; did you mean 'y'? valid choices: a, b, c".
 
@@ -59,7 +69,7 @@ def unknown_choice(what: str, value: object, choices: Iterable[str]) -> str:
     return f"{message} (valid choices: {', '.join(choices)})"
 
 
-def fail(message: str) -> None:
-    """Prints one `error: <message>` line to stderr and exits with status 2 (command lines)."""
+def fail(message: str, status: int = 2) -> None:
+    """Prints one `error: <message>` line to stderr and exits with `status` (command lines)."""
     print(f"error: {message}", file=sys.stderr, flush=True)
-    sys.exit(2)
+    sys.exit(status)

@@ -6,6 +6,8 @@ import dataclasses
 import json
 import math
 import os
+import signal
+import threading
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -17,7 +19,7 @@ from tqdm.auto import tqdm
 
 from cnnjax import models
 from cnnjax.data import dataset_spec, eval_batches, fit_source, load_source, read_all, train_batches
-from cnnjax.errors import ConfigError, NonFiniteLossError
+from cnnjax.errors import ConfigError, NonFiniteLossError, Preempted
 from cnnjax.layers.components import resolve_components
 from cnnjax.train.checkpoint import Checkpoints
 from cnnjax.train.config import schema_defaults, validate_config
@@ -116,6 +118,28 @@ class TrainedRun:
     train_source: Any
 
 
+class _PreemptionRequests:
+    """Once installed, SIGTERM only sets `requested` (the loop then saves and stops at the end
+    of the step); `restore` puts the previous handler back. Off the main thread Python cannot
+    install handlers, so there it does nothing."""
+
+    def __init__(self):
+        self.requested = False
+        self._previous = None
+
+    def _handle(self, signum, frame):
+        self.requested = True
+
+    def install(self) -> None:
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGTERM, self._handle)
+
+    def restore(self) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
+            self._previous = None
+
+
 def prepare_workdir(workdir: str) -> None:
     """Creates `workdir` (and its parents) or checks that it is a writable folder.
 
@@ -192,6 +216,7 @@ def train(
     checkpoints = Checkpoints(
         workdir, resolved, keep=config.keep_checkpoints, defaults=schema_defaults()
     )
+    preemption = _PreemptionRequests()
     try:
         state, start_step = checkpoints.restore_latest(state)
         write_json_atomic(os.path.join(workdir, "config.json"), checkpoints.config)
@@ -223,6 +248,7 @@ def train(
         )
         last_good = checkpoints.latest_step
         result = None  # the last step is always evaluated in the loop; a finished run is not
+        preemption.install()
         for step in range(start_step + 1, num_steps + 1):
             state, metrics = train_step(state, next(batches))
             interval.add(step, metrics)
@@ -251,10 +277,18 @@ def train(
                 interval.start = time.perf_counter()
             for hook in hooks:
                 hook(step, state)
+            if preemption.requested:
+                if last_good != step:
+                    checkpoints.save(step, state)
+                raise Preempted(
+                    f"preempted (SIGTERM) at step {step}/{num_steps}: checkpoint {step} saved; "
+                    "run the same command again to resume"
+                )
         bar.close()
         if result is None:  # restored a finished run: nothing ran, evaluate it here
             result = evaluate(eval_step, state, eval_source, config.eval_batch_size)
     finally:
+        preemption.restore()
         checkpoints.close()
     result["step"] = num_steps
     note = f" [{spec.note}]" if spec.note else ""

@@ -2,16 +2,21 @@
 
 import json
 import os
+import signal
+import subprocess
+import sys
+import time
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from cnnjax.errors import CheckpointError, ConfigError, NonFiniteLossError
+from cnnjax.errors import CheckpointError, ConfigError, NonFiniteLossError, Preempted
 from cnnjax.plot import plot_run
 from cnnjax.train import train_and_evaluate
 from cnnjax.train.metrics import read_metrics
+from tests.conftest import ROOT
 from tests.train.compile_cache import persistent_compile_cache
 
 
@@ -166,3 +171,54 @@ def test_input_shape_override_trains_the_model_at_that_size(tmp_path, tiny_confi
         {"params": seen[-1].params, "batch_stats": seen[-1].batch_stats}, x
     )
     assert features["stage3"].shape == (1, 6, 6, 16)
+
+
+def sigterm_at(step):
+    def hook(current, state):
+        if current == step:
+            os.kill(os.getpid(), signal.SIGTERM)  # what a cluster sends to preempt a job
+
+    return hook
+
+
+def test_sigterm_saves_a_checkpoint_stops_and_resumes_bit_identically(tmp_path, tiny_config):
+    config = tiny_config(num_steps=8, checkpoint_every=4)
+    straight, preempted = str(tmp_path / "straight"), str(tmp_path / "preempted")
+    train_and_evaluate(config, straight)
+    previous = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(Preempted, match="preempted \\(SIGTERM\\) at step 6/8: checkpoint 6 saved"):
+        train_and_evaluate(config, preempted, hooks=[sigterm_at(6)])
+    assert signal.getsignal(signal.SIGTERM) is previous  # the handler is the loop's only inside it
+    assert sorted(os.listdir(os.path.join(preempted, "checkpoints"))) == ["4", "6"]
+    train_and_evaluate(config, preempted)
+    for (path, x), (_, y) in zip(state_leaves(straight, 8), state_leaves(preempted, 8)):
+        np.testing.assert_array_equal(x, y, err_msg=jax.tree_util.keystr(path))
+
+
+def test_a_real_sigterm_ends_the_command_with_status_143_and_a_checkpoint(tmp_path):
+    workdir = tmp_path / "run"
+    command = [
+        sys.executable,
+        "-m",
+        "cnnjax.main",
+        "--config=configs/default.py",
+        f"--workdir={workdir}",
+        "--config.num_steps=1000000",
+        "--config.log_every=1",
+        "--config.checkpoint_every=1000000",
+        "--config.progress=False",
+    ]
+    process = subprocess.Popen(command, cwd=ROOT, stderr=subprocess.PIPE, text=True)
+    metrics = workdir / "metrics.jsonl"
+    deadline = time.monotonic() + 120
+    while not (metrics.exists() and metrics.read_text().count("\n") >= 2):
+        assert process.poll() is None and time.monotonic() < deadline, "the run did not start"
+        time.sleep(0.2)
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == Preempted.EXIT_STATUS == 143, stderr
+    errors = [line for line in stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "preempted (SIGTERM) at step" in errors[0], stderr
+    assert "Traceback" not in stderr
+    step = errors[0].split("checkpoint ")[1].split(" ")[0]
+    assert os.listdir(workdir / "checkpoints") == [step]
