@@ -125,14 +125,37 @@ class Checkpoints:
         )
 
     def save(self, step: int, state) -> None:
-        """Saves `state` as checkpoint `step` (a no-op when that step is already saved)."""
+        """Saves `state` as checkpoint `step` (a no-op when that step is already saved).
+
+        Raises:
+          CheckpointError: the write failed (a full disk, a file-size limit, a lost mount). Orbax
+            writes into a temporary folder and renames it when complete, so the checkpoints
+            saved before stay intact; the message names the latest of them.
+        """
         if step not in self.latest.all_steps():
-            self.latest.save(step, args=self._args(state))
+            self._write(self.latest, step, args=self._args(state))
 
     def save_if_best(self, step: int, state, metrics: Mapping[str, float]) -> None:
-        """Keeps `state` in `best/` when `metrics["accuracy"]` beats every earlier evaluation."""
+        """Keeps `state` in `best/` when `metrics["accuracy"]` beats every earlier evaluation.
+
+        Raises:
+          CheckpointError: the write failed, as in `save`.
+        """
         if step not in self.best.all_steps():
-            self.best.save(step, args=self._args(state), metrics=dict(metrics))
+            self._write(self.best, step, args=self._args(state), metrics=dict(metrics))
+
+    def _write(self, manager: ocp.CheckpointManager, step: int, **save_kwargs) -> None:
+        try:
+            manager.save(step, **save_kwargs)
+        except Exception as error:  # orbax and tensorstore wrap the OS error in their own types
+            kept = self.latest.latest_step()
+            usable = f"checkpoint {kept} is intact" if kept is not None else "no earlier checkpoint"
+            reason = str(error).strip().splitlines()[0] if str(error).strip() else repr(error)
+            raise CheckpointError(
+                f"cannot save checkpoint {step} in {manager.directory} "
+                f"({type(error).__name__}: {reason}); {usable} in {self.latest_dir}: free space "
+                "and run the same command again to resume"
+            ) from error
 
     @property
     def latest_step(self) -> int | None:

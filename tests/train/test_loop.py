@@ -2,6 +2,7 @@
 
 import json
 import os
+import resource
 import signal
 import subprocess
 import sys
@@ -222,3 +223,33 @@ def test_a_real_sigterm_ends_the_command_with_status_143_and_a_checkpoint(tmp_pa
     assert "Traceback" not in stderr
     step = errors[0].split("checkpoint ")[1].split(" ")[0]
     assert os.listdir(workdir / "checkpoints") == [step]
+
+
+def limit_file_size_at(step, max_bytes):
+    """From `step` on, the OS refuses to grow any file of this process past `max_bytes` (EFBIG:
+    a real failing write, inside orbax's and tensorstore's own I/O, as a full disk would be)."""
+
+    def hook(current, state):
+        if current == step:
+            resource.setrlimit(
+                resource.RLIMIT_FSIZE, (max_bytes, resource.getrlimit(resource.RLIMIT_FSIZE)[1])
+            )
+
+    return hook
+
+
+def test_a_failing_write_during_a_save_keeps_the_previous_checkpoint(tmp_path, tiny_config):
+    config = tiny_config(num_steps=16, checkpoint_every=8, log_every=8)
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    previous = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # an error, not a killed process
+    try:
+        with pytest.raises(
+            CheckpointError, match=r"save checkpoint 16 .*File too large.*checkpoint 8 is intact"
+        ):
+            train_and_evaluate(config, str(tmp_path), hooks=[limit_file_size_at(9, 4096)])
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+        signal.signal(signal.SIGXFSZ, previous)
+    for path, leaf in state_leaves(str(tmp_path), 8):
+        assert np.all(np.isfinite(leaf)), jax.tree_util.keystr(path)
+    assert train_and_evaluate(config, str(tmp_path))["step"] == 16  # resumes from step 8
