@@ -106,6 +106,12 @@ def _keep_image_label(example) -> dict[str, np.ndarray]:
     return {"image": example["image"], "label": np.int32(example["label"])}
 
 
+def check_batch_size(source, batch_size: int) -> None:
+    """Raises `ConfigError` when one batch would need more examples than `source` holds."""
+    if len(source) < batch_size:
+        raise ConfigError(f"batch_size {batch_size} exceeds the {len(source)} training examples")
+
+
 def train_batches(
     source,
     batch_size: int,
@@ -128,8 +134,7 @@ def train_batches(
     Yields:
       `{"image": uint8 (B, H, W, C), "label": int32 (B,)}`.
     """
-    if len(source) < batch_size:
-        raise ConfigError(f"batch_size {batch_size} exceeds the {len(source)} training examples")
+    check_batch_size(source, batch_size)
     dataset = (
         grain.MapDataset.source(source)
         .shuffle(seed=seed)

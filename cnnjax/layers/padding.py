@@ -78,19 +78,18 @@ def pad(
                 f"{mode} padding {(before, after)} needs an axis {longer} the padding, "
                 f"got input spatial shape {tuple(spatial)}"
             )
-    value = jnp.asarray(value) if mode == "constant" else jnp.zeros((), x.dtype)
-    if value.ndim > 1 or (value.ndim == 1 and value.shape[0] != x.shape[-1]):
-        raise ShapeError(
-            f"constant padding value of shape {value.shape}: give one number or one per "
-            f"channel ({x.shape[-1]},)"
-        )
+    if mode == "constant":
+        value = jnp.asarray(value)
+        if value.ndim > 1 or (value.ndim == 1 and value.shape[0] != x.shape[-1]):
+            raise ShapeError(
+                f"constant padding value of shape {value.shape}: give one number or one per "
+                f"channel ({x.shape[-1]},)"
+            )
     widths = ((0, 0), *pads, (0, 0))
     if not any(before or after for before, after in pads):
         return x
-    if _NUMPY_MODES[mode] != "constant":
+    if mode != "constant":  # "zeros" is numpy's constant mode with its default fill, 0
         return jnp.pad(x, widths, mode=_NUMPY_MODES[mode])
-    if mode == "zeros":
-        return jnp.pad(x, widths)
     # A select rather than jnp.pad(constant_values=value): JAX cannot transpose lax.pad with
     # respect to its padding value, so that form has no gradient for `value`.
     border = jnp.pad(jnp.zeros((1, *spatial, 1), bool), widths, constant_values=True)

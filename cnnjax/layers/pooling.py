@@ -311,9 +311,7 @@ def lp_pool2d(
     # d(S^(1/p))/dS is infinite at S = 0 (an all-zero window) and the chain rule would give
     # inf * 0 = NaN; the root of a safe S keeps the gradient 0 there, as PyTorch's lp_pool2d.
     positive = total > 0
-    return jnp.where(positive, jnp.where(positive, total, 1.0) ** (1.0 / p), 0.0).astype(
-        total.dtype
-    )
+    return jnp.where(positive, jnp.where(positive, total, 1.0) ** (1.0 / p), 0.0)
 
 
 def global_avg_pool(x: jnp.ndarray, keepdims: bool = False) -> jnp.ndarray:

@@ -19,6 +19,7 @@ from tqdm.auto import tqdm
 
 from cnnjax import models
 from cnnjax.data import dataset_spec, eval_batches, fit_source, load_source, read_all, train_batches
+from cnnjax.data.pipeline import check_batch_size
 from cnnjax.errors import ConfigError, NonFiniteLossError, Preempted
 from cnnjax.layers.components import resolve_components
 from cnnjax.train.checkpoint import Checkpoints
@@ -207,10 +208,7 @@ def train(
     )
     train_step, eval_step = jit_steps(preprocess, config.label_smoothing, loss)
 
-    if config.batch_size > len(train_source):  # refused before the workdir exists
-        raise ConfigError(
-            f"batch_size {config.batch_size} exceeds the {len(train_source)} training examples"
-        )
+    check_batch_size(train_source, config.batch_size)  # before the workdir exists
     prepare_workdir(workdir)
     resolved = json.loads(config.to_json())
     checkpoints = Checkpoints(
