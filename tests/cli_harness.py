@@ -15,6 +15,7 @@ import json
 import os
 import runpy
 import sys
+import traceback
 
 from absl import app, flags
 
@@ -42,7 +43,10 @@ def run_once(entry: str, args: list[str]) -> dict:
             else:
                 runpy.run_module(entry, run_name="__main__", alter_sys=True)
         except SystemExit as exit:
-            code = exit.code if isinstance(exit.code, int) else 1
+            code = 0 if exit.code is None else exit.code if isinstance(exit.code, int) else 1
+        except Exception:  # what the interpreter does with an uncaught exception
+            traceback.print_exc()
+            code = 1
     for module, defined in list(flags.FLAGS.flags_by_module_dict().items()):
         if defined_by_the_run(module):
             for flag in list(defined):  # deleting a flag edits this list

@@ -107,7 +107,9 @@ class Checkpoints:
         self.defaults = dict(defaults or {})
         self.latest_dir = os.path.abspath(os.path.join(workdir, "checkpoints"))
         self.best_dir = os.path.abspath(os.path.join(workdir, "best"))
-        sync = dict(create=True, enable_async_checkpointing=False)
+        # A save killed midway leaves orbax's temporary folder (never a half checkpoint):
+        # the next run's managers delete it.
+        sync = dict(create=True, enable_async_checkpointing=False, cleanup_tmp_directories=True)
         self.latest = ocp.CheckpointManager(
             self.latest_dir, options=ocp.CheckpointManagerOptions(max_to_keep=keep, **sync)
         )

@@ -62,6 +62,7 @@ def state_leaves(workdir, step):
     return jax.tree_util.tree_flatten_with_path(restored.state)[0]
 
 
+@pytest.mark.slow  # CI kills real processes instead: tests/reliability/test_kill_and_resume.py
 def test_interrupted_and_resumed_run_is_bit_identical(tmp_path, tiny_config):
     # ResNet (BatchNorm statistics) with crop+flip augmentation exercises every piece of state.
     config = tiny_config(model="resnet20", num_steps=8, checkpoint_every=4, batch_size=8)
