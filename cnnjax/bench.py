@@ -39,12 +39,16 @@ def define_flags() -> None:
     flags.DEFINE_string("model", None, "Registry name.")
     flags.DEFINE_integer("batch_size", 128, "Images per step.")
     flags.DEFINE_string("input", None, "H,W,C (default: the model's input shape).")
-    flags.DEFINE_integer("num_classes", None, "Output classes (default: the model's).")
+    flags.DEFINE_integer(
+        "num_classes", None, "Output classes (default: the model's).", lower_bound=1
+    )
     flags.DEFINE_enum("compare", None, ["torch"], "Also measure the PyTorch twin.")
     flags.DEFINE_enum("impl", "auto", ["auto", "xla", "onednn"], "Convolution kernels.")
     flags.DEFINE_integer("windows", 5, "Timed windows (the median is reported).")
     flags.DEFINE_integer("steps", 4, "Steps per timed window.")
-    flags.DEFINE_integer("threads", None, "PyTorch threads (default: os.cpu_count()).")
+    flags.DEFINE_integer(
+        "threads", None, "PyTorch threads (default: os.cpu_count()).", lower_bound=1
+    )
     flags.DEFINE_bool("json", False, "Print one JSON object.")
     flags.DEFINE_alias("batch-size", "batch_size")
 
@@ -188,10 +192,11 @@ def run(
     from cnnjax.ext import onednn
 
     info = models.model_info(name)
-    input_shape = tuple(info.input_shape if input_shape is None else input_shape)
-    num_classes = num_classes or info.num_classes
-    if batch < 1:
-        raise ConfigError(f"--batch_size={batch} must be at least 1")
+    input_shape = models.input_shape_of(name, input_shape)
+    num_classes = info.num_classes if num_classes is None else num_classes
+    for flag, value in (("batch_size", batch), ("windows", windows), ("steps", steps)):
+        if value < 1:
+            raise ConfigError(f"--{flag}={value} must be at least 1")
     ours, jax_runners = prepare_jax(name, input_shape, batch, num_classes, impl)
     runners = {"jax_train": jax_runners["train"]}
     if compare == "torch":

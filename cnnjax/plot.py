@@ -54,7 +54,13 @@ def plot_run(workdir: str, out: str | None = None) -> str:
 def main(workdir: str) -> None:
     if not os.path.exists(os.path.join(workdir, "metrics.jsonl")):
         raise DataError(f"no metrics.jsonl in {workdir}; is it a training workdir?")
-    print(plot_run(workdir, flags.FLAGS.out))
+    out = flags.FLAGS.out
+    folder = os.path.dirname(os.path.abspath(out)) if out else workdir
+    if not os.path.isdir(folder):
+        raise DataError(f"cannot write --out={out}: {folder} is not a folder")
+    if not os.access(folder, os.W_OK):
+        raise DataError(f"cannot write --out={out or 'WORKDIR/curves.png'}: {folder} is read-only")
+    print(plot_run(workdir, out))
 
 
 if __name__ == "__main__":

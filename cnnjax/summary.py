@@ -29,7 +29,7 @@ def define_flags() -> None:
     flags.DEFINE_string("device", "a100", "Device profile or alias, or 'measured' (this machine).")
     flags.DEFINE_string("precision", None, "Device peak: float32 (default), tf32, bf16, fp16.")
     flags.DEFINE_string("optimizer", "sgd", "Optimizer of the memory estimate: sgd, adam, adamw.")
-    flags.DEFINE_integer("max_rows", None, "Elide the middle of longer tables.")
+    flags.DEFINE_integer("max_rows", None, "Elide the middle of longer tables.", lower_bound=1)
     flags.DEFINE_bool(
         "xla_memory", False, "Also compile the train step for XLA's memory analysis (slow)."
     )

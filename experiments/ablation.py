@@ -21,6 +21,8 @@ import ml_collections
 import numpy as np
 
 from cnnjax.errors import ConfigError
+from cnnjax.train.checkpoint import config_differences
+from cnnjax.train.config import schema_defaults, validate_config
 from cnnjax.train.files import write_json_atomic
 from cnnjax.train.loop import TrainedRun, print_progress, train
 
@@ -82,8 +84,18 @@ def run_ablation(
       One dict per run: arm, seed, test loss/accuracy, wall seconds and the measurements.
     """
     names = [arm.name for arm in arms]
-    if len(set(names)) != len(names):
-        raise ConfigError(f"arm names must be unique, got {names}")
+    if not names or len(set(names)) != len(names):
+        raise ConfigError(f"arm names must be unique and at least one, got {names}")
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise ConfigError(f"seeds must be unique and at least one, got {list(seeds)}")
+    # Every run's config is checked before the first one starts: a bad arm or seed found after
+    # hours of training (or after making its folder) would waste them.
+    configs = {}
+    for arm in arms:
+        for seed in seeds:
+            configs[arm.name, seed] = apply_overrides(base, {**arm.overrides, "seed": seed})
+            validate_config(configs[arm.name, seed])
+            _check_same_run(os.path.join(workdir, arm.name, f"seed{seed}"), configs[arm.name, seed])
     records = []
     for arm in arms:
         for seed in seeds:
@@ -94,7 +106,7 @@ def run_ablation(
                     records.append(json.load(f))
                 continue
             print_progress(f"== {arm.name} seed {seed} ({run_dir})")
-            config = apply_overrides(base, {**arm.overrides, "seed": seed})
+            config = configs[arm.name, seed]
             start = time.perf_counter()
             run = train(config, run_dir)
             record = {
@@ -113,6 +125,22 @@ def run_ablation(
     return records
 
 
+def _check_same_run(run_dir: str, config: ml_collections.ConfigDict) -> None:
+    """Refuses a run folder made by a different config: its finished result would otherwise be
+    reused (and reported) under the new config's name."""
+    saved_path = os.path.join(run_dir, "config.json")
+    if not os.path.exists(saved_path):
+        return
+    with open(saved_path) as f:
+        saved = json.load(f)
+    differences = config_differences(saved, json.loads(config.to_json()), schema_defaults())
+    if differences:
+        raise ConfigError(
+            f"{run_dir} was made by a different config ({'; '.join(differences)}); use a new "
+            "--workdir, or restore those values"
+        )
+
+
 def run_study(
     config: ml_collections.ConfigDict,
     parse_arm: Callable[[str], Arm],
@@ -122,10 +150,36 @@ def run_study(
     """`run_ablation` driven by a study config: the arms named in `config.arms` (comma-separated),
     every one of `config.seeds`, `config.train` as the base, `measure(run, arm, config)`."""
     arms = [parse_arm(name.strip()) for name in config.arms.split(",") if name.strip()]
-    seeds = [int(s) for s in config.seeds]
+    seeds = list(config.seeds)
+    if not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds):
+        raise ConfigError(f"seeds must be integers, got {seeds}")
     return run_ablation(
         config.train, arms, seeds, workdir, lambda run, arm: measure(run, arm, config)
     )
+
+
+def check_study_fields(config: ml_collections.ConfigDict, rules: Mapping[str, tuple]) -> None:
+    """Checks a study's own fields (not the training config's) before anything runs.
+
+    Args:
+      config: the study config.
+      rules: `{field: (test, rule in words)}`, e.g. `{"toy_steps": (lambda v: v >= 1, ">= 1")}`.
+
+    Raises:
+      ConfigError: naming the first field whose value fails its test, and the rule.
+    """
+    for key, (test, rule) in rules.items():
+        value = config[key]
+        try:
+            ok = test(value)
+        except TypeError:  # a string where a number belongs
+            ok = False
+        if not ok:
+            raise ConfigError(f"{key} must be {rule}, got {value!r}")
+
+
+def positive_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
 
 
 def summarize(records: Sequence[dict], metrics: Sequence[str]) -> list[dict]:

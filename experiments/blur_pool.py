@@ -20,9 +20,11 @@ from cnnjax.analysis import shift_invariance as si
 from cnnjax.errors import ConfigError
 from experiments.ablation import (
     Arm,
+    check_study_fields,
     differences_table,
     markdown_table,
     paired_differences,
+    positive_int,
     run_study,
     summarize,
     write_results,
@@ -218,7 +220,16 @@ def report(config, records, workdir: str) -> str:
     return write_results(workdir, header, [table, differences_md], payload)
 
 
+STUDY_FIELDS = {
+    "consistency_images": (positive_int, "an integer >= 1"),
+    "curve_images": (positive_int, "an integer >= 1"),
+    "max_shift": (lambda v: isinstance(v, int) and v >= 0, "an integer >= 0"),
+    "curve_max_shift": (lambda v: isinstance(v, int) and v >= 0, "an integer >= 0"),
+}
+
+
 def run(config, workdir: str) -> str:
+    check_study_fields(config, STUDY_FIELDS)
     records = run_study(config, lambda name: parse_arm(name, config), workdir, measure)
     return report(config, records, workdir)
 

@@ -22,7 +22,15 @@ from cnnjax.analysis import variance_shift as vs
 from cnnjax.analysis.shift_invariance import make_predict
 from cnnjax.errors import ConfigError
 from cnnjax.layers.dropout import DROPOUT_KINDS
-from experiments.ablation import Arm, markdown_table, run_study, summarize, write_results
+from experiments.ablation import (
+    Arm,
+    check_study_fields,
+    markdown_table,
+    positive_int,
+    run_study,
+    summarize,
+    write_results,
+)
 from experiments.common import batched, launch, machine, take
 from experiments.plots import pyplot, runs_of, save_figures
 
@@ -212,7 +220,17 @@ def report(config, records, toy, workdir: str) -> str:
     )
 
 
+STUDY_FIELDS = {
+    "measure_images": (positive_int, "an integer >= 1"),
+    "reestimate_images": (positive_int, "an integer >= 1"),
+    "reestimate_seed": (lambda v: isinstance(v, int) and v >= 0, "an integer >= 0"),
+    "toy_steps": (positive_int, "an integer >= 1"),
+    "toy_rates": (lambda v: len(v) > 0 and all(0 < r < 1 for r in v), "rates in (0, 1)"),
+}
+
+
 def run(config, workdir: str) -> str:
+    check_study_fields(config, STUDY_FIELDS)
     records = run_study(config, parse_arm, workdir, measure)
     return report(config, records, toy_rows(config), workdir)
 

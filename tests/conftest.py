@@ -1,5 +1,6 @@
 """Shared fixtures: tiny configs on synthetic data, and the offline TFDS folder when present."""
 
+import hashlib
 import os
 import pathlib
 
@@ -13,6 +14,17 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 # CI replays the same examples every run (a red CI is then reproducible); local runs explore.
 hypothesis.settings.register_profile("ci", derandomize=True, print_blob=True)
 hypothesis.settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
+
+
+def file_digests(folder) -> dict[str, str]:
+    """`{relative path: sha256}` of every file under `folder`: equal before and after a command
+    means the command changed nothing there."""
+    root = pathlib.Path(folder)
+    return {
+        str(path.relative_to(root)): hashlib.sha256(path.read_bytes()).hexdigest()
+        for path in sorted(root.rglob("*"))
+        if path.is_file()
+    }
 
 
 def find_tfds_dir():

@@ -1,11 +1,9 @@
 """Every entry point reports a user's mistake as one `error:` line and exit status 2 (cnnjax.cli).
 
-The shared mechanism is tested in this process; each entry point then runs its own bad command
-lines in one subprocess (tests/cli_harness.py), all entry points at once.
+The shared mechanism is tested here, in this process; tests/test_bad_inputs.py runs the table of
+bad command lines through every entry point.
 """
 
-import json
-import subprocess
 import sys
 
 import pytest
@@ -13,7 +11,6 @@ from absl import app, flags
 
 from cnnjax import cli
 from cnnjax.errors import ConfigError, DataError
-from tests.conftest import ROOT
 
 RAISES = "import math\n\n\ndef get_config(arg=None):\n    return math.log(0)\n"
 VARIANTS = """import ml_collections
@@ -139,111 +136,3 @@ def test_load_config_names_the_reason(config_files):
     assert cli.load_config(f"{config_files}/variants.py:a").lr == 0.1
     with pytest.raises(ConfigError, match="raised ValueError at line 5: math domain error"):
         cli.load_config(f"{config_files}/raises.py")
-
-
-# Each entry point: its bad command lines and what its error line says.
-W = "--workdir=/nonexistent/w"
-CONFIG_CASES = [
-    (["--config=configs/nope.py", W], "config file 'configs/nope.py' not found"),
-    (["--config={raises}", W], "raised ValueError at line 5: math domain error"),
-]
-ENTRY_POINTS = {
-    "cnnjax.main": [
-        (["--bogus=1"], "unknown flag --bogus (flags: --config, --workdir)"),
-        *CONFIG_CASES,
-        (["--config=configs/lenet5_mnist.py:bogus", W], "unknown variant 'bogus' (valid choices"),
-    ],
-    "experiments.blur_pool": [
-        (["--bogus=1"], "unknown flag --bogus"),
-        *CONFIG_CASES,
-        (["--config=configs/experiments/blur_pool.py:cpuu", W], "did you mean 'cpu'?"),
-    ],
-    "experiments.bn_dropout": [
-        (["--bogus=1"], "unknown flag --bogus"),
-        *CONFIG_CASES,
-        (["--config=configs/experiments/bn_dropout.py:big", W], "unknown variant 'big'"),
-    ],
-    "cnnjax.summary": [
-        (["--bogus"], "unknown flag --bogus"),
-        (["--model=lenet5", "--batch=0"], "--batch=0: 0 is not a positive integer"),
-        ([], "missing required flag --model"),
-        (["--model=resnet20", "--input=32,32"], "input shape (32, 32) has 2 dimensions; model"),
-    ],
-    "cnnjax.bench": [(["--model=lenet5", "--stepz=2"], "did you mean --steps?")],
-    "cnnjax.plot": [(["--bogus"], "unknown flag --bogus"), ([], "missing argument WORKDIR")],
-    "experiments/smoke_zoo.py": [
-        (["--bogus"], "unknown flag --bogus"),
-        (["--models=resnet21"], "unknown smoke model 'resnet21'; did you mean 'resnet20'?"),
-    ],
-    "benchmarks/bench_table.py": [
-        (["--bogus"], "unknown flag --bogus"),
-        (["--models=resnet21"], "did you mean 'resnet20'?"),
-    ],
-    "benchmarks/conv_ops.py": [
-        (["--bogus"], "unknown flag --bogus"),
-        (["--cases=3x3"], "unknown case '3x3'"),
-    ],
-    "benchmarks/memory_efficient_densenet.py": [
-        (["--bogus"], "unknown flag --bogus"),
-        (["--batch=0"], "0 is not a positive integer"),
-    ],
-    "benchmarks/summary_zoo.py": [
-        (["--bogus"], "unknown flag --bogus"),
-        (["--batch=x"], "--batch=x: invalid literal for int()"),
-    ],
-    "benchmarks/suite_time.py": [
-        (["--bogus"], "unknown flag --bogus"),
-        (["--suite=fast"], "unknown --suite 'fast' (valid choices: default, slow)"),
-    ],
-    "benchmarks/xla_flops_check.py": [
-        (["--bogus"], "unknown flag --bogus"),
-        (["--compiled=maybe"], "--compiled=maybe"),
-    ],
-}
-
-
-# Those that load a config import jax: they share one process, the others run in a second one.
-IMPORT_JAX = (
-    "cnnjax.main",
-    "experiments.blur_pool",
-    "experiments.bn_dropout",
-    "experiments/smoke_zoo.py",
-)
-
-
-def test_every_entry_point_reports_each_mistake_as_one_error_line(tmp_path):
-    raises = tmp_path / "raises.py"
-    raises.write_text(RAISES)
-    commands = {
-        entry: [[a.format(raises=raises) for a in argv] for argv, _ in cases]
-        for entry, cases in ENTRY_POINTS.items()
-    }
-    groups = [
-        [e for e in commands if e in IMPORT_JAX],
-        [e for e in commands if e not in IMPORT_JAX],
-    ]
-    processes = [
-        subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "tests.cli_harness",
-                json.dumps({e: commands[e] for e in group}),
-            ],
-            cwd=ROOT,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for group in groups
-    ]
-    results = {}
-    for process in processes:
-        out, err = process.communicate(timeout=300)
-        assert process.returncode == 0, err
-        results.update(json.loads(out))
-    assert results.keys() == ENTRY_POINTS.keys()
-    for entry, cases in ENTRY_POINTS.items():
-        for (argv, match), result in zip(cases, results[entry], strict=True):
-            assert result["code"] == 2, (entry, argv, result)
-            assert match in error_line(result["stderr"]), (entry, argv, result)

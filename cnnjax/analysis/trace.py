@@ -311,14 +311,8 @@ def trace_model(
     if isinstance(name_or_module, str):
         from cnnjax import models
 
-        info = models.model_info(name_or_module)
         module, label = models.create_model(name_or_module), name_or_module
-        input_shape = tuple(info.input_shape if input_shape is None else input_shape)
-        if len(input_shape) != len(info.input_shape):  # else "too small" from the first layer
-            raise ConfigError(
-                f"input shape {input_shape} has {len(input_shape)} dimensions; model "
-                f"{name_or_module!r} takes {len(info.input_shape)} (default {info.input_shape})"
-            )
+        input_shape = models.input_shape_of(name_or_module, input_shape)
     else:
         module, label = name_or_module, type(name_or_module).__name__
         if input_shape is None:

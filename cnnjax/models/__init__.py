@@ -17,6 +17,13 @@ from cnnjax.models import (  # noqa: F401
     timeseries,
     vgg,
 )
-from cnnjax.models.registry import ModelInfo, create_model, list_models, model_info, register
+from cnnjax.models.registry import (
+    ModelInfo,
+    create_model,
+    input_shape_of,
+    list_models,
+    model_info,
+    register,
+)
 
-__all__ = ["ModelInfo", "create_model", "list_models", "model_info", "register"]
+__all__ = ["ModelInfo", "create_model", "input_shape_of", "list_models", "model_info", "register"]

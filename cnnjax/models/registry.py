@@ -158,9 +158,35 @@ def create_model(name: str, num_classes: int | None = None, **kwargs: Any) -> nn
     """
     info = model_info(name)
     if num_classes is not None:
+        if not _positive_int(num_classes):
+            raise ConfigError(f"num_classes must be an integer >= 1, got {num_classes!r}")
         kwargs["num_classes"] = num_classes
     fields = module_fields(info.constructor)
     for key in kwargs:
         if key not in fields:
             raise ConfigError(unknown_choice(f"field of model {name!r}", key, fields))
     return info.constructor(**kwargs)
+
+
+def _positive_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+
+def input_shape_of(name: str, input_shape: tuple[int, ...] | None = None) -> tuple[int, ...]:
+    """`input_shape` checked against model `name` (its default `model_info(name).input_shape`
+    when None): one example's shape of the model's rank, in positive sizes.
+
+    Raises:
+      ConfigError: an unknown model, a shape of the wrong rank (which the first layer would
+        report as "too small") or a size that is not a positive integer.
+    """
+    default = model_info(name).input_shape
+    shape = tuple(default if input_shape is None else input_shape)
+    if len(shape) != len(default):
+        raise ConfigError(
+            f"input shape {shape} has {len(shape)} dimensions; model {name!r} takes "
+            f"{len(default)} (default {default})"
+        )
+    if not all(_positive_int(size) for size in shape):
+        raise ConfigError(f"input shape {shape} must be positive integers, e.g. {default}")
+    return shape

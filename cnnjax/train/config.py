@@ -91,15 +91,11 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     for key in flatten(config.to_dict()):
         if key not in known and not key.startswith("model_kwargs."):
             raise ConfigError(unknown_choice("config key", key, known))
-    info = models.model_info(config.model)
     models.create_model(config.model, **resolve_components(config.model_kwargs.to_dict()))
     if config.loss and config.loss not in LOSSES:
         raise ConfigError(unknown_choice("loss", config.loss, LOSSES))
-    if config.input_shape and len(config.input_shape) != len(info.input_shape):
-        raise ConfigError(
-            f"input_shape {tuple(config.input_shape)} has {len(config.input_shape)} dimensions; "
-            f"model {config.model!r} takes {len(info.input_shape)} (default {info.input_shape})"
-        )
+    if config.input_shape:
+        models.input_shape_of(config.model, config.input_shape)
     spec = dataset_spec(config.dataset)
     checks = [
         (config.optimizer.name in OPTIMIZERS, "optimizer.name", config.optimizer.name, OPTIMIZERS),
@@ -165,7 +161,14 @@ _RANGES = (
     ("schedule.decay_factor", lambda v: _finite(v) and v > 0, "a finite number > 0"),
     ("schedule.warmup_steps", lambda v: isinstance(v, int) and v >= 0, "an integer >= 0"),
     ("schedule.final_lr_fraction", lambda v: _finite(v) and 0 <= v <= 1, "in [0, 1]"),
+    ("seed", lambda v: _integer(v) and 0 <= v < 2**32, "an integer in [0, 2**32)"),
+    ("data.num_workers", lambda v: _integer(v) and v >= 0, "an integer >= 0 (0 = in-process)"),
+    ("data.prefetch", lambda v: _integer(v) and v >= 0, "an integer >= 0"),
 )
+
+
+def _integer(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _check_ranges(config: ml_collections.ConfigDict) -> None:

@@ -24,6 +24,7 @@ from experiments.ablation import (
     paired_differences,
     summarize,
 )
+from tests.conftest import file_digests
 from tests.train.compile_cache import persistent_compile_cache
 
 
@@ -133,6 +134,17 @@ def test_bn_dropout_smoke_runs_end_to_end_and_resumes(bn_smoke):
     assert all(r["measured"] > 0 for r in results["toy"])
     for name in ("results.md", "variance_shift.png", "accuracy.png"):
         assert (workdir / name).stat().st_size > 0
+
+
+def test_a_changed_config_on_a_finished_experiment_is_refused_and_changes_nothing(bn_smoke):
+    workdir, config, _, _ = bn_smoke
+    before = file_digests(workdir)
+    changed = bn_config.get_config("smoke")
+    changed.arms = config.arms
+    changed.train.optimizer.lr = 0.5
+    with pytest.raises(ConfigError, match=r"seed0 was made by a different config \(optimizer.lr"):
+        bn_dropout.run(changed, str(workdir))
+    assert file_digests(workdir) == before
 
 
 def test_blur_pool_smoke_runs_end_to_end(blur_smoke):

@@ -21,6 +21,12 @@ BAD_VALUES = [
     ("schedule.decay_factor", 0.0, "schedule.decay_factor must be a finite number > 0"),
     ("schedule.warmup_steps", -1, "schedule.warmup_steps must be an integer >= 0"),
     ("schedule.final_lr_fraction", 2.0, r"schedule.final_lr_fraction must be in \[0, 1\]"),
+    ("seed", -1, r"seed must be an integer in \[0, 2\*\*32\), got -1"),
+    ("seed", 2**32, r"seed must be an integer in \[0, 2\*\*32\)"),
+    ("data.num_workers", -1, "data.num_workers must be an integer >= 0"),
+    ("data.prefetch", -1, "data.prefetch must be an integer >= 0, got -1"),
+    ("input_shape", (0, 0, 1), r"input shape \(0, 0, 1\) must be positive integers, e.g."),
+    ("input_shape", (32, 32), r"input shape \(32, 32\) has 2 dimensions; model .lenet5. takes 3"),
 ]
 
 
@@ -42,7 +48,15 @@ def test_out_of_range_values_are_config_errors(key, value, message):
 
 @pytest.mark.parametrize(
     "key, value",
-    [("label_smoothing", 0.1), ("num_steps", 0), ("optimizer.lr", 1), ("optimizer.b2", 0.999)],
+    [
+        ("label_smoothing", 0.1),
+        ("num_steps", 0),
+        ("optimizer.lr", 1),
+        ("optimizer.b2", 0.999),
+        ("seed", 2**32 - 1),
+        ("data.prefetch", 0),
+        ("input_shape", (16, 16, 1)),
+    ],
 )
 def test_values_at_and_inside_the_limits_are_accepted(key, value):
     validate_config(with_value(key, value))

@@ -139,7 +139,7 @@ def test_corrupt_checkpoint_is_reported_and_kept(tmp_path, tiny_config):
         ({"data.eval_split": "validation"}, "data.eval_split"),
         ({"batch_size": 0}, "batch_size must be >= 1"),
         ({"loss": "hinge"}, "unknown loss 'hinge'.*cross_entropy"),
-        ({"input_shape": (32, 32)}, r"input_shape \(32, 32\) has 2 dimensions; model 'lenet5'"),
+        ({"input_shape": (32, 32)}, r"input shape \(32, 32\) has 2 dimensions; model .lenet5."),
     ],
 )
 def test_bad_configs_fail_before_any_work(tmp_path, tiny_config, overrides, match):
