@@ -1,7 +1,10 @@
 """Training and inference speed of several networks against their PyTorch twins, as one table.
 
     nice -n 10 python benchmarks/bench_table.py            # writes benchmarks/results/bench_cpu.md
-    python benchmarks/bench_table.py --impl xla --out /tmp/xla.md   # XLA's own convolutions
+    python benchmarks/bench_table.py --impl xla --models resnet20 \
+        --out benchmarks/results/bench_cpu_xla.md           # XLA's own convolutions
+    python benchmarks/bench_table.py --models resnet20,densenet_bc_100 --repeats 3 \
+        --out benchmarks/results/bench_cpu_repeats.md       # run-to-run spread
 
 Runs `cnnjax.bench.run(..., compare="torch")` (see `python -m cnnjax.bench --help`) for each
 entry of `ENTRIES` in one process, and writes the markdown table with the JSON records beside it
@@ -35,6 +38,7 @@ def define_flags() -> None:
     flags.DEFINE_string("models", ",".join(e[0] for e in ENTRIES), "Comma-separated ENTRIES.")
     flags.DEFINE_integer("windows", 5, "Timed windows (the median is reported).")
     flags.DEFINE_integer("steps", 3, "Steps per timed window.")
+    flags.DEFINE_integer("repeats", 1, "Runs of each model (run-to-run spread).", lower_bound=1)
     flags.DEFINE_string("out", str(DEFAULT_OUT), "Markdown table (the JSON records beside it).")
 
 
@@ -51,24 +55,27 @@ def main() -> int:
     for name, batch, shape, classes in ENTRIES:
         if name not in chosen:
             continue
-        record = bench.run(
-            name,
-            batch,
-            shape,
-            compare="torch",
-            impl=args.impl,
-            windows=args.windows,
-            steps=args.steps,
-            num_classes=classes,
-        )
-        print(bench.render(record), flush=True)
-        records.append(record)
+        for repeat in range(args.repeats):
+            record = bench.run(
+                name,
+                batch,
+                shape,
+                compare="torch",
+                impl=args.impl,
+                windows=args.windows,
+                steps=args.steps,
+                num_classes=classes,
+            )
+            record["repeat"] = repeat
+            print(bench.render(record), flush=True)
+            records.append(record)
     first = records[0]
     lines = [
         "# Training and inference speed on CPU: cnnjax (JAX) vs PyTorch, same run",
         "",
         f"`python benchmarks/bench_table.py --impl {args.impl} --windows {args.windows} "
-        f"--steps {args.steps}`: {first['machine']}, jax {jax.__version__} ({first['backend']}),"
+        f"--steps {args.steps} --models {args.models} --repeats {args.repeats}`: "
+        f"{first['machine']}, jax {jax.__version__} ({first['backend']}),"
         f" oneDNN {first['onednn'] or 'unavailable'} (cnnjax's FFI path), torch "
         f"{first.get('torch')} with {first.get('threads', 'all')} threads, channels-last. "
         "Images/second of the median of the timed windows; random float32 inputs, SGD with "

@@ -42,16 +42,6 @@ def define_flags() -> None:
     flags.DEFINE_string("out", str(RECORDS), "Records (JSONL); the page is written beside it.")
 
 
-def cpu_model() -> str:
-    """The CPU's model name as `lscpu` prints it (e.g. "AMD EPYC"), else the platform's."""
-    try:
-        text = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-    except (OSError, subprocess.CalledProcessError):
-        return platform.processor() or platform.machine()
-    found = re.search(r"^Model name:\s*(.+)$", text, re.MULTILINE)
-    return found.group(1).strip() if found else platform.machine()
-
-
 def outcome_counts(summary_line: str) -> dict[str, int]:
     """`{"passed": 796, "skipped": 46, ...}` from pytest's last line."""
     return {word: int(n) for n, word in re.findall(r"(\d+) (\w+)", summary_line)}
@@ -79,6 +69,8 @@ def measure(suite: str) -> dict:
             sys.stderr.write(done.stdout[-4000:] + done.stderr[-4000:])
             raise ConfigError(f"the {suite} suite failed (exit {done.returncode}): {lines[-1:]}")
         slowest = slowest_tests(junit)
+    from cnnjax.analysis.devices import cpu_model  # imports jax: after the tests ran
+
     commit = subprocess.run(
         ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
     ).stdout.strip()

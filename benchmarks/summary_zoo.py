@@ -5,16 +5,16 @@
 
 Runs `cnnjax.analysis.summary.summarize` in this process (what `python -m cnnjax.summary` does,
 without the interpreter start-up) and writes a markdown table (default
-`benchmarks/results/summary_zoo.md`): params, MACs per image, training memory at the batch size,
-roofline forward and training-step time, share of time in memory-bound layers, the bottleneck
-layer, and the seconds each summary took (tracing forward and training step on abstract shapes;
-nothing is compiled).
+`benchmarks/results/summary_zoo.md`, its records beside it as `.jsonl`): params, MACs per image,
+training memory at the batch size, roofline forward and training-step time, share of time in
+memory-bound layers, the bottleneck layer, and the seconds each summary took (tracing forward
+and training step on abstract shapes; nothing is compiled).
 """
 
 from __future__ import annotations
 
+import json
 import pathlib
-import platform
 import sys
 import time
 
@@ -40,6 +40,7 @@ def main() -> int:
     import jax  # heavy imports after the command line's errors are reported
 
     from cnnjax import models
+    from cnnjax.analysis.devices import host_description
     from cnnjax.analysis.summary import human_bytes, human_count, summarize
 
     args = flags.FLAGS
@@ -47,7 +48,8 @@ def main() -> int:
     names = models.list_models(args.models)
     if not names:
         raise ConfigError(f"no registry model matches --models={args.models!r}")
-    rows, seconds = [], []
+    rows, seconds, records = [], [], []
+    machine = host_description()
     for name in names:
         began = time.perf_counter()
         s = summarize(name, batch=args.batch, device=args.device, precision=args.precision)
@@ -60,6 +62,19 @@ def main() -> int:
             f"{s.train_step_time_s * 1e3:.3f} | {s.roofline.memory_bound_fraction:.0%} | "
             f"{row.name} ({row.op}, {est.bound}) | {seconds[-1]:.1f} |"
         )
+        records.append(
+            {
+                "model": name,
+                "params": totals["params"],
+                "macs_per_example": totals["macs_per_example"],
+                "train_memory_bytes": s.memory.analytic,
+                "summary_seconds": seconds[-1],
+                "batch": args.batch,
+                "device": s.device.name,
+                "machine": machine,
+                "jax": jax.__version__,
+            }
+        )
         print(rows[-1], flush=True)
     device = s.device
     lines = [
@@ -68,7 +83,7 @@ def main() -> int:
         f"`python benchmarks/summary_zoo.py --batch {args.batch} --device {args.device}"
         + (f" --precision {args.precision}" if args.precision else "")
         + "`, "
-        f"jax {jax.__version__} on {platform.machine()} ({jax.devices()[0].platform}). Device "
+        f"jax {jax.__version__} on {machine} ({jax.devices()[0].platform}). Device "
         f"profile {device.name} ({s.roofline.peak_flops / 1e12:g} TFLOP/s, "
         f"{s.roofline.bandwidth / 1e9:,.0f} GB/s); training memory with SGD + momentum, "
         "analytic (parameters, gradients, momentum, BN statistics, input, saved activations); "
@@ -85,6 +100,7 @@ def main() -> int:
     out = pathlib.Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text("\n".join(lines) + "\n")
+    out.with_suffix(".jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
     print(f"wrote {out}", file=sys.stderr)
     return 0
 

@@ -22,7 +22,6 @@ from __future__ import annotations
 import functools
 import json
 import os
-import platform
 import resource
 import statistics
 import time
@@ -188,7 +187,7 @@ def run(
     import jax
 
     from cnnjax import models
-    from cnnjax.analysis.devices import measure_device
+    from cnnjax.analysis.devices import host_description, measure_device
     from cnnjax.ext import onednn
 
     info = models.model_info(name)
@@ -223,7 +222,7 @@ def run(
         "impl": impl,
         "onednn": onednn.version() if onednn.available() else None,
         "jax": jax.__version__,
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores",
+        "machine": host_description(),
         "jax_train_ips": ips["jax_train"],
         "jax_eval_ips": ips["jax_eval"],
         "compile_s": ours["compile_s"],

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import os
-import platform
-
 import jax
 import numpy as np
 from absl import flags
 
 from cnnjax import cli
+from cnnjax.analysis.devices import host_description
 from cnnjax.data import eval_batches
 
 
@@ -35,10 +33,7 @@ def batched(array: np.ndarray, size: int):
 def machine() -> str:
     """One line naming the hardware and JAX version, for result pages."""
     device = jax.devices()[0]
-    return (
-        f"{platform.machine()}, {os.cpu_count()} cores, JAX {jax.__version__} "
-        f"({device.platform}: {device.device_kind})"
-    )
+    return f"{host_description()}, JAX {jax.__version__} ({device.platform}: {device.device_kind})"
 
 
 def launch(run, config_help: str) -> None:

@@ -19,7 +19,10 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import platform
+import re
 import statistics
+import subprocess
 import time
 from collections.abc import Mapping
 
@@ -240,3 +243,22 @@ def measure_device(matmul_size: int = 2048, copy_mib: int = 128, repeats: int = 
             f"and of x + 1 on {copy_mib} MiB in place (read + write bytes / time)"
         ),
     )
+
+
+def cpu_model() -> str:
+    """The CPU's model name as `lscpu` prints it (e.g. "AMD EPYC"), else the platform's.
+
+    Records of speed (and of wall times) state it: the same code runs at different speeds on the
+    different CPUs a cloud VM lands on.
+    """
+    try:
+        text = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return platform.processor() or platform.machine()
+    found = re.search(r"^Model name:\s*(.+)$", text, re.MULTILINE)
+    return found.group(1).strip() if found else platform.machine()
+
+
+def host_description() -> str:
+    """ "<CPU model>, <architecture>, <N> cores" of this machine, for records and result pages."""
+    return f"{cpu_model()}, {platform.machine()}, {os.cpu_count()} cores"
