@@ -42,6 +42,7 @@ def load_smoke():
 
 def run_one(smoke, name: str, workdir: str) -> dict:
     from cnnjax import models
+    from cnnjax.analysis.devices import host_description
     from cnnjax.data import dataset_spec
     from cnnjax.train import train_and_evaluate
     from cnnjax.train.metrics import read_metrics
@@ -69,6 +70,7 @@ def run_one(smoke, name: str, workdir: str) -> dict:
         "min_accuracy": smoke.SMOKE[name].get("min_accuracy", 2 * chance),
         "images_per_sec": sum(r["images_per_sec"] for r in train[1:]) / max(1, len(train) - 1),
         "wall_seconds": round(seconds, 1),
+        "machine": host_description(),
     }
     return record
 

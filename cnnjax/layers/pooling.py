@@ -310,8 +310,9 @@ def lp_pool2d(
     total = _window_sum(jnp.power(x, p), plan)
     # d(S^(1/p))/dS is infinite at S = 0 (an all-zero window) and the chain rule would give
     # inf * 0 = NaN; the root of a safe S keeps the gradient 0 there, as PyTorch's lp_pool2d.
-    positive = total > 0
-    return jnp.where(positive, jnp.where(positive, total, 1.0) ** (1.0 / p), 0.0)
+    # Only S == 0 is replaced: a NaN sum (negative input, fractional p) stays NaN, as documented.
+    zero = total == 0
+    return jnp.where(zero, 0.0, jnp.where(zero, 1.0, total) ** (1.0 / p))
 
 
 def global_avg_pool(x: jnp.ndarray, keepdims: bool = False) -> jnp.ndarray:
