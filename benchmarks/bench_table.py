@@ -42,6 +42,32 @@ def define_flags() -> None:
     flags.DEFINE_string("out", str(DEFAULT_OUT), "Markdown table (the JSON records beside it).")
 
 
+README_LABELS = {"mobilenet_v2": "mobilenet_v2 (32x32, 10 classes)"}
+
+
+def readme_table(records: list[dict]) -> str:
+    """README's CPU-performance table: the first run of each model in `records`."""
+    lines = [
+        "| model | batch | JAX train img/s | PyTorch train img/s | train ratio | JAX eval img/s "
+        "| PyTorch eval img/s | eval ratio | compile s |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for r in records:
+        if r.get("repeat", 0):
+            continue
+        lines.append(
+            f"| {README_LABELS.get(r['model'], r['model'])} | {r['batch_size']} | "
+            f"{r['jax_train_ips']:.1f} | {r['torch_train_ips']:.1f} | {r['train_ratio']:.2f} | "
+            f"{r['jax_eval_ips']:.1f} | {r['torch_eval_ips']:.1f} | {r['eval_ratio']:.2f} | "
+            f"{r['compile_s']:.1f} |"
+        )
+    return "\n".join(lines)
+
+
+def read_records(path) -> list[dict]:
+    return [json.loads(line) for line in pathlib.Path(path).read_text().splitlines()]
+
+
 def main() -> int:
     args = flags.FLAGS
     out = pathlib.Path(args.out)

@@ -7,8 +7,9 @@ Each row runs its `python -m cnnjax.main` command in a subprocess with a fresh w
 (`<workdir>/<row>`; an existing one is refused, so that a record is always one whole run), times
 the whole command, reads the final evaluation and the logged training speed from its
 `metrics.jsonl`, and replaces the row's record in `experiments/results/readme_results.jsonl`.
-Every record states the machine (CPU model, cores), the 1-minute load average before and after
-the run (other jobs on the cores slow the wall time, not the accuracy), JAX, commit and date.
+Every record states the machine (CPU model, cores), the CPU seconds of the run and of every other
+process during it (other jobs on the cores slow the wall time, not the accuracy), JAX, commit
+and date.
 The `price_baselines` row measures `cnnjax.data.series.baselines()` instead. The page
 `experiments/results/readme_results.md` is rendered from the records, and README.md carries the
 same table and reference numbers (tests/test_readme_records.py checks that).
@@ -21,6 +22,7 @@ import json
 import os
 import pathlib
 import re
+import resource
 import subprocess
 import sys
 import time
@@ -67,7 +69,7 @@ BASELINE_LABELS = [
     ("hmm_filter", "the exact Bayes (HMM) regime filter that knows every generator parameter"),
     ("oracle", "an oracle that sees the true regime"),
 ]
-BUSY_LOAD = 0.5  # a 1-minute load average above this before a run: other jobs shared the cores
+BUSY_SHARE = 0.25  # other processes' average use of a core above which a wall time is marked
 
 _STARTED = re.compile(
     r"^(\w+): ([\d,]+) parameters; ([\d,]+) training examples of (\w+); (\d+) steps of (\d+)$",
@@ -93,10 +95,12 @@ def measure_run(name: str, workdir: str) -> dict:
     from cnnjax.train.metrics import read_metrics
 
     argv = command(name, workdir)
-    load_before = os.getloadavg()[0]
+    busy_before, children_before = _busy_cpu_seconds(), _children_cpu_seconds()
     began = time.perf_counter()
     done = subprocess.run([sys.executable, *argv[1:]], cwd=ROOT, capture_output=True, text=True)
     wall = time.perf_counter() - began
+    own = _children_cpu_seconds() - children_before
+    others = None if busy_before is None else _busy_cpu_seconds() - busy_before - own
     if done.returncode != 0:
         raise ConfigError(f"{' '.join(argv)} failed: {done.stderr.strip().splitlines()[-1:]}")
     started = _STARTED.search(done.stdout)
@@ -118,10 +122,25 @@ def measure_run(name: str, workdir: str) -> dict:
         "count": final["count"],
         "wall_seconds": round(wall, 1),
         "train_images_per_sec": sum(speeds) / len(speeds) if speeds else None,
-        "load_before": load_before,
-        "load_after": os.getloadavg()[0],
+        "cpu_seconds": round(own, 1),
+        "other_cpu_seconds": None if others is None else round(max(others, 0.0), 1),
         **_provenance(host_description()),
     }
+
+
+def _busy_cpu_seconds() -> float | None:
+    """CPU seconds all processes of this machine have run since boot (Linux), else None."""
+    try:
+        fields = open("/proc/stat").readline().split()[1:]
+    except OSError:
+        return None
+    user, nice, system, _, _, irq, softirq, steal = map(int, fields[:8])
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+
+
+def _children_cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def measure_baselines() -> dict:
@@ -196,10 +215,10 @@ def render_table(records: dict[str, dict]) -> str:
 
 
 def _busy(record: dict) -> bool:
-    """Whether other jobs used the cores during the run: load before it, or more load after it
-    than the run's own cores explain."""
-    cores = int(re.search(r"(\d+) cores", record["machine"]).group(1))
-    return record["load_before"] > BUSY_LOAD or record["load_after"] > cores + BUSY_LOAD
+    """Whether other processes used more than `BUSY_SHARE` of a core on average during the run
+    (their CPU seconds: the machine's busy time minus the run's own)."""
+    others = record.get("other_cpu_seconds")
+    return others is not None and others > BUSY_SHARE * record["wall_seconds"]
 
 
 def render_baselines(record: dict) -> str:
@@ -217,9 +236,9 @@ def render_page(records: dict[str, dict]) -> str:
             "`python -m experiments.readme_results --rows=<run>` runs each command in a fresh "
             "workdir and records it in `readme_results.jsonl`; this page and README.md's Results "
             f"table are rendered from those records. Machines: {'; '.join(machines)}. A * marks "
-            f"a wall time measured while other jobs used the cores (1-minute load average above "
-            f"{BUSY_LOAD} before the run, or above the cores + {BUSY_LOAD} after it); accuracies "
-            "do not depend on it.",
+            f"a wall time measured while other processes used more than {BUSY_SHARE:.0%} of a core "
+            "on average (their CPU seconds during the run are in the record); accuracies do not "
+            "depend on it.",
             "",
             render_table(records),
             "",
