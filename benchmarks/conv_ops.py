@@ -14,9 +14,9 @@ PyTorch is skipped when it is not installed.
 
 from __future__ import annotations
 
+import json
 import os
 import pathlib
-import platform
 import statistics
 import sys
 import time
@@ -124,7 +124,10 @@ def main() -> int:
         torch.set_num_threads(os.cpu_count())
     except ImportError:
         torch = None
-    rows = []
+    from cnnjax.analysis.devices import host_description
+
+    machine = host_description()
+    rows, records = [], []
     for name in args.cases:
         n, h, w_, cin, cout, k, stride, groups = CASES[name]
         pads = ((k // 2, k // 2),) * 2
@@ -173,6 +176,17 @@ def main() -> int:
             )
         shape = f"{n}x{h}x{w_}x{cin} -> {cout}, {k}x{k}/{stride}, groups {groups}"
         rows.append(f"| {name} | {shape} | {flops / 1e9:.2f} | " + " | ".join(cells) + " |")
+        records.append(
+            {
+                "case": name,
+                "shape": [n, h, w_, cin, cout, k, stride, groups],
+                "flops": flops,
+                "seconds": seconds,
+                "machine": machine,
+                "jax": jax.__version__,
+                "torch": torch.__version__ if torch else None,
+            }
+        )
         print(rows[-1], flush=True)
     lines = [
         "# Convolution passes: GFLOP/s of oneDNN (cnnjax.ext) / XLA native / PyTorch",
@@ -180,7 +194,7 @@ def main() -> int:
         f"`python benchmarks/conv_ops.py --repeats {args.repeats}`: jax {jax.__version__}, "
         f"oneDNN {onednn.version() if onednn.available() else 'unavailable'}, torch "
         f"{torch.__version__ if torch else 'not installed'} (channels-last), "
-        f"{platform.machine()} with {os.cpu_count()} cores; median of {args.repeats} calls. "
+        f"{machine}; median of {args.repeats} calls. "
         "Each cell: cnnjax's oneDNN path / XLA's native convolution / PyTorch. PyTorch's "
         "gradient times are autograd's time minus the forward pass it records.",
         "",
@@ -191,6 +205,7 @@ def main() -> int:
     out = pathlib.Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text("\n".join(lines) + "\n")
+    out.with_suffix(".jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
     print(f"wrote {out}", file=sys.stderr)
     return 0
 

@@ -82,6 +82,17 @@ def _conv_valid(kw):
     return pads_value == 0.0 or kw.get("padding_mode") == "constant"
 
 
+def _output_padding_fits(kw):
+    """Output padding must be below the stride or the dilation on each axis (as PyTorch)."""
+
+    def pair(value):
+        return (value, value) if isinstance(value, int) else tuple(value)
+
+    strides, dilation = pair(kw.get("strides", 1)), pair(kw.get("dilation", 1))
+    extra = pair(kw.get("output_padding", 0))
+    return all(e < max(s, d) for e, s, d in zip(extra, strides, dilation))
+
+
 OPS = [
     Op("adaptive_avg_pool2d", {"x": normal(1, 7, 5, 2)},
        {"output_size": [3, (2, 4), (None, 2), 1]}, LAYER),
@@ -127,14 +138,12 @@ OPS = [
        {"bias": [None, DIFF], "strides": [1, 2, (2, 1)], "padding": [0, 1, ((1, 0), (0, 1))],
         "output_padding": [0, 1], "dilation": [1, 2], "groups": [1, 2],
         "precision": [None, "highest"]}, LAYER, arrays={"bias": normal(4)},
-       valid=lambda kw: kw.get("output_padding", 0) == 0 or kw.get("strides", 1) != 1
-       or kw.get("dilation", 1) != 1),
+       valid=_output_padding_fits),
     Op("conv_transpose2d",
        {"x": normal(1, 4, 4, 4), "kernel": grouped_kernel(3, 3, c_in=4, c_out=4)},
        {"bias": [None, DIFF], "strides": [1, 2], "padding": [0, 1], "output_padding": [0, 1]},
        {"kwargs": "passed on to conv_transpose (its tests vary them)"},
-       arrays={"bias": normal(4)}, valid=lambda kw: kw.get("output_padding", 0) < kw.get(
-           "strides", 1)),
+       arrays={"bias": normal(4)}, valid=_output_padding_fits),
     Op("dropout", {"x": normal(2, 4, 4, 3)}, {"rate": [0.5, 0.0, 0.9]},
        {"key": "a PRNG key (fixed: the mask is then a constant of x)"}, {"key": KEY}),
     Op("explicit_conv", {"x": normal(1, 6, 6, 4), "kernel": grouped_kernel(3, 3, c_in=4, c_out=4)},
