@@ -7,7 +7,7 @@ Paper recipe: batch 128, SGD momentum 0.9, weight decay 1e-4, lr 0.1 divided by 
 iterations, stop at 64k; 4-pixel zero padding + random 32x32 crop + horizontal flip. Published:
 8.75% test error (91.25% accuracy), trained on 45k images (the paper held out 5k for validation).
 `short` keeps everything but the length: 3,000 steps (7.7 epochs), lr drops at 1,500 and 2,250
-(the paper's 50% and 75% points), to fit a 2-core CPU in about 35 minutes.
+(the paper's 50% and 75% points), to fit a 2-core CPU (its wall time: README "Results").
 
 The dataset defaults to `cifar10_jpeg`, the offline CIFAR-10 copy re-encoded as JPEG q75 (report
 results on it as "CIFAR-10 (JPEG q75 copy)"). With TFDS's real cifar10 prepared in the data folder,

@@ -198,6 +198,7 @@ def render_table(records: dict[str, dict]) -> str:
             accuracy += f" after {first['steps']:,} steps ({epochs:.1f} epochs)"
         walls = sorted(r["wall_seconds"] for r in runs)
         wall = _wall(walls[0]) if len(walls) == 1 else f"{_wall(walls[0])}-{_wall(walls[-1])}"
+        wall = re.sub(r"^(\d+) s-(\d+) s$", r"\1-\2 s", wall)  # "26-32 s"
         if any(_busy(r) for r in runs):
             wall += "*"
         speed = first["train_images_per_sec"]

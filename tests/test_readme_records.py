@@ -49,7 +49,7 @@ def test_results_table_and_price_references_are_the_records():
 def test_cpu_performance_table_is_the_bench_records(bench_table):
     records = bench_table.read_records(RESULTS / "bench_cpu.jsonl")
     assert quoted(bench_table.readme_table(records))
-    assert quoted(f"measured on {records[0]['machine']}")
+    assert quoted(f"Measured on {records[0]['machine']}")
 
 
 def _ratios(records, key):
@@ -113,3 +113,25 @@ def test_every_record_names_its_cpu():
             record = json.loads(line) if line else json.loads(path.read_text())
             where = record.get("machine") or record.get("cpu")
             assert where and re.match(r"[A-Za-z]", where), (path.name, where)
+
+
+def conv_ops_sentence(records) -> str:
+    """README's summary of the per-pass table: oneDNN against XLA and PyTorch."""
+
+    def speedup(r, over, kind):
+        return r["seconds"][over][kind] / r["seconds"]["onednn"][kind]
+
+    dense = [speedup(r, "xla", "kernel_grad") for r in records if r["shape"][-1] == 1]
+    grouped = [speedup(r, "xla", "kernel_grad") for r in records if r["shape"][-1] > 1]
+    forward = [speedup(r, "torch", "forward") for r in records]
+    return (
+        f"its kernel gradients are {min(dense):.0f}-{max(dense):.0f}x as fast as XLA's for dense "
+        f"convolutions and {min(grouped):.0f}-{max(grouped):.0f}x for depthwise and grouped ones; "
+        f"its forward passes run at {min(forward):.2f}-{max(forward):.2f}x PyTorch's speed"
+    )
+
+
+def test_conv_ops_sentence_is_the_record():
+    records = [json.loads(line) for line in (RESULTS / "conv_ops.jsonl").read_text().splitlines()]
+    assert len(records) >= 11
+    assert quoted(conv_ops_sentence(records))
