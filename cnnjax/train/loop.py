@@ -192,6 +192,7 @@ def train(
     loss = config.loss or info.loss
     fit = config.data.fit or spec.fit
     train_source = _prepare_source(config, config.data.train_split, input_shape, fit)
+    check_batch_size(train_source, config.batch_size)  # before compiling or making the workdir
     eval_source = _prepare_source(config, config.data.eval_split, input_shape, fit)
     num_steps = num_train_steps(config, len(train_source))
     tx, lr_schedule = make_optimizer(config.optimizer, config.schedule, num_steps)
@@ -208,7 +209,6 @@ def train(
     )
     train_step, eval_step = jit_steps(preprocess, config.label_smoothing, loss)
 
-    check_batch_size(train_source, config.batch_size)  # before the workdir exists
     prepare_workdir(workdir)
     resolved = json.loads(config.to_json())
     checkpoints = Checkpoints(

@@ -4,8 +4,9 @@ Each case kills the run (`harness.launch` with `faulty_main` faults, or a SIGKIL
 runs the same command again without faults, and compares the finished workdir with an
 uninterrupted run's: every array of the final and best checkpoints, the checkpoints kept, and the
 whole metric history. CI runs three kill points (inside a checkpoint save, inside a metrics write,
-across an epoch boundary) and the NaN and full-disk stops; `-m slow` runs 20 more, drawn at random
-(with a fixed seed, so a failure names a reproducible point) from every kind of point.
+across an epoch boundary); `-m slow` adds the NaN and full-disk stops in a real process and 20
+more kill points, drawn at random (with a fixed seed, so a failure names a reproducible point)
+from every kind of point.
 """
 
 import json
@@ -62,6 +63,7 @@ def test_kills_inside_a_save_inside_a_metrics_write_and_across_an_epoch(
     assert_same_run(RunOutcome.read(tmp_path), straight)
 
 
+@pytest.mark.slow  # CI has the in-process NaN and failing-write tests (tests/train/test_loop.py)
 def test_nan_and_a_full_disk_stop_cleanly_and_keep_the_last_good_checkpoint(
     tmp_path, cache_dir, straight
 ):
