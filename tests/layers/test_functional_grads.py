@@ -8,8 +8,9 @@ an argument added to an operator without a test fails here. Each case runs in fl
 compares the reverse-mode gradient with central finite differences of the forward function
 (`jax.test_util.check_grads`: an independent reference), for every output.
 
-Cases: every value of every axis once, the others at their first value (the default suite); and
-24 seeded random combinations of all axes per operator (`-m slow`).
+Cases: every value of every axis once, the others at their first value (the default suite, except
+the other values of continuous settings such as epsilon, which take the same code path); those,
+and 24 seeded random combinations of all axes per operator, under `-m slow`.
 """
 
 from __future__ import annotations
@@ -186,9 +187,15 @@ OPS = [
 FORWARD_ONLY = {"binomial_filter": "returns constant filter taps (numpy): nothing to differentiate"}
 
 
-def cases(op: Op, combinations: int = 0) -> list[dict]:
-    """One case per value of each axis (the others at their first value), or, with
-    `combinations`, that many seeded random combinations of all axes."""
+# Continuous settings: their other values take the same code path as the first one, so CI runs
+# them only at their first value and `-m slow` runs the rest.
+CONTINUOUS = frozenset({"momentum", "epsilon", "eps", "precision", "alpha", "beta", "k"})
+
+
+def cases(op: Op, combinations: int = 0, continuous: bool = False) -> list[dict]:
+    """One case per value of each axis (the others at their first value; with `continuous`,
+    only the other values of `CONTINUOUS` axes), or, with `combinations`, that many seeded
+    random combinations of all axes."""
     first = {name: values[0] for name, values in op.axes.items()}
     if combinations:
         rng = random.Random(f"{op.name}-combinations")
@@ -200,8 +207,10 @@ def cases(op: Op, combinations: int = 0) -> list[dict]:
             if len(found) == combinations:
                 break
         return found
-    found = [first]
+    found = [] if continuous else [first]
     for name, values in op.axes.items():
+        if (name in CONTINUOUS) != continuous:
+            continue
         for value in values[1:]:
             kw = {**first, name: value}
             if name == "padding_value" or name == "value":  # only meaningful with a constant
@@ -240,11 +249,22 @@ def case_ids(op, kws):
 
 
 CASES = [(op, kw) for op in OPS for kw in cases(op)]
+CONTINUOUS_CASES = [(op, kw) for op in OPS for kw in cases(op, continuous=True)]
 COMBINATIONS = [(op, kw) for op in OPS if op.axes for kw in cases(op, combinations=24)]
 
 
 @pytest.mark.parametrize("op, kw", CASES, ids=[i for op in OPS for i in case_ids(op, cases(op))])
 def test_gradient_matches_finite_differences_for_each_argument_value(op, kw):
+    check_case(op, kw)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "op, kw",
+    CONTINUOUS_CASES,
+    ids=[i for op in OPS for i in case_ids(op, cases(op, continuous=True))],
+)
+def test_gradient_matches_finite_differences_for_other_continuous_settings(op, kw):
     check_case(op, kw)
 
 
