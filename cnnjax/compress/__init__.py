@@ -1,1 +1,2 @@
-"""Model compression (issue 18, in progress): entropy coding so far (`cnnjax.compress.coding`)."""
+"""Model compression (issue 18, in progress): entropy coding (`coding`) and k-means weight sharing
+(`quantize`) so far."""
