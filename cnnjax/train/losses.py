@@ -11,6 +11,7 @@ import dataclasses
 from collections.abc import Callable
 
 import jax
+import jax.numpy as jnp
 import optax
 
 from cnnjax.errors import ConfigError, unknown_choice
@@ -22,6 +23,35 @@ def cross_entropy(logits, labels, label_smoothing: float = 0.0):
     num_classes = logits.shape[-1]
     targets = optax.smooth_labels(jax.nn.one_hot(labels, num_classes), label_smoothing)
     return optax.softmax_cross_entropy(logits, targets)
+
+
+def distillation_loss(
+    student_logits, teacher_logits, labels, temperature: float = 4.0, soft_weight: float = 0.9
+):
+    """Knowledge distillation (Hinton et al. 2015): per-example loss `(B,)`.
+
+    `soft_weight * T^2 * KL(softmax(teacher / T) || softmax(student / T)) + (1 - soft_weight) *
+    cross_entropy(student, labels)`. The `T^2` keeps the soft term's gradients, which scale as
+    `1/T^2`, comparable to the hard term's as `T` changes (Sec. 2 of the paper); KL is the
+    paper's soft cross-entropy minus the teacher's entropy, a constant, so the gradients agree.
+
+    Args:
+      student_logits, teacher_logits: `(B, K)`; the teacher's are held fixed (`stop_gradient`).
+      labels: `(B,)` integer classes.
+      temperature: `T > 0`.
+      soft_weight: in `[0, 1]`; 0 is plain cross-entropy.
+
+    Raises:
+      ConfigError: `temperature <= 0` or `soft_weight` outside `[0, 1]`.
+    """
+    if not temperature > 0:
+        raise ConfigError(f"distillation temperature must be > 0, got {temperature!r}")
+    if not 0 <= soft_weight <= 1:
+        raise ConfigError(f"distillation soft_weight must be in [0, 1], got {soft_weight!r}")
+    teacher = jax.nn.log_softmax(jax.lax.stop_gradient(teacher_logits) / temperature)
+    student = jax.nn.log_softmax(student_logits / temperature)
+    soft = temperature**2 * jnp.sum(jnp.exp(teacher) * (teacher - student), axis=-1)
+    return soft_weight * soft + (1 - soft_weight) * cross_entropy(student_logits, labels)
 
 
 def _cross_entropy(logits, intermediates, labels, inputs, label_smoothing):
