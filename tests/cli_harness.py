@@ -29,6 +29,14 @@ def defined_by_the_run(module: str) -> bool:
     return module.endswith(".py") or module.split(".")[0] in PER_RUN
 
 
+def error_line(stderr: str) -> str:
+    """The one line of `stderr` starting with `error:` (the assertion fails for none, several,
+    or a traceback beside it)."""
+    errors = [line for line in stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "Traceback" not in stderr, stderr[-3000:]
+    return errors[0]
+
+
 def run_once(entry: str, args: list[str]) -> dict:
     script = entry.endswith(".py")
     sys.argv = [entry, *args]

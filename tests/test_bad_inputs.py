@@ -20,6 +20,7 @@ import pytest
 
 from cnnjax import cli
 from cnnjax.train import train_and_evaluate
+from tests.cli_harness import error_line
 from tests.conftest import ROOT, file_digests
 
 RAISES = "import math\n\n\ndef get_config(arg=None):\n    return math.log(0)\n"
@@ -239,11 +240,10 @@ def row_id(row) -> str:
 @pytest.mark.parametrize("index", range(len(TABLE)), ids=[row_id(r) for r in TABLE])
 def test_each_mistake_is_one_error_line_naming_it(outcomes, index):
     argv, fragments, result = outcomes[0][index]
-    errors = [line for line in result["stderr"].splitlines() if line.startswith("error:")]
     assert result["code"] == 2, (argv, result)
-    assert "Traceback" not in result["stderr"] and len(errors) == 1, (argv, result)
+    line = error_line(result["stderr"])
     for fragment in fragments:
-        assert fragment in errors[0], (argv, fragment, errors[0])
+        assert fragment in line, (argv, fragment, line)
 
 
 def test_no_mistake_makes_a_workdir_or_changes_a_finished_run(outcomes, places):

@@ -11,6 +11,7 @@ from absl import app, flags
 
 from cnnjax import cli
 from cnnjax.errors import ConfigError, DataError
+from tests.cli_harness import error_line
 
 RAISES = "import math\n\n\ndef get_config(arg=None):\n    return math.log(0)\n"
 VARIANTS = """import ml_collections
@@ -22,13 +23,6 @@ def get_config(arg=None):
         raise ConfigError(f"unknown variant {arg!r} (valid choices: a)")
     return ml_collections.ConfigDict({"lr": 0.1, "model_kwargs": {}, "optimizer": {"lr": 1.0}})
 """
-
-
-def error_line(stderr: str) -> str:
-    """The one line starting with `error:` (the assertion fails for none or several)."""
-    errors = [line for line in stderr.splitlines() if line.startswith("error:")]
-    assert len(errors) == 1 and "Traceback" not in stderr, stderr
-    return errors[0]
 
 
 @pytest.fixture

@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 
+from tests.cli_harness import error_line
 from tests.conftest import ROOT
 
 
@@ -24,9 +25,7 @@ def run_main(*args, env=None):
 
 def assert_one_error_line(result, match):
     assert result.returncode == 2, result.stderr
-    assert "Traceback" not in result.stderr
-    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
-    assert len(errors) == 1 and match in errors[0], result.stderr
+    assert match in error_line(result.stderr), result.stderr
 
 
 def test_model_and_data_shapes_that_do_not_fit(tmp_path, tfds_dir):

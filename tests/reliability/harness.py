@@ -19,6 +19,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from cnnjax.train.metrics import read_metrics
+from tests.cli_harness import error_line as cli_error_line
 from tests.conftest import ROOT
 
 CONFIG = "tests/reliability/run_config.py"
@@ -93,10 +94,8 @@ def assert_finished(result: subprocess.CompletedProcess) -> None:
 
 def error_line(result: subprocess.CompletedProcess) -> str:
     """The run's one `error:` line (exit status 2, no traceback)."""
-    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
-    assert result.returncode == 2 and len(errors) == 1, (result.returncode, result.stderr[-3000:])
-    assert "Traceback" not in result.stderr, result.stderr[-3000:]
-    return errors[0]
+    assert result.returncode == 2, (result.returncode, result.stderr[-3000:])
+    return cli_error_line(result.stderr)
 
 
 def committed_steps(workdir, folder: str = "checkpoints") -> list[int]:
