@@ -24,6 +24,10 @@ RANKS = (
     ("cnnjax.train", 3),
     ("cnnjax.analysis", 4),
     ("cnnjax.compress", 5),
+    # Array numerics with no cnnjax imports but errors, used by the training loop's optimizer.
+    ("cnnjax.compress.prune", 1),
+    ("cnnjax.compress.quantize", 1),
+    ("cnnjax.compress.coding", 1),
     ("cnnjax.viz", 5),
     ("cnnjax.parallel", 5),
     ("cnnjax.testing", 6),

@@ -12,6 +12,7 @@ import math
 import ml_collections
 
 from cnnjax import models
+from cnnjax.compress import prune
 from cnnjax.data.augment import PAD_MODES
 from cnnjax.data.pipeline import FIT_METHODS
 from cnnjax.data.sources import dataset_spec
@@ -20,6 +21,9 @@ from cnnjax.layers.components import resolve_components
 from cnnjax.train.checkpoint import flatten
 from cnnjax.train.losses import LOSSES
 from cnnjax.train.optim import DECAY_MASKS, OPTIMIZERS, SCHEDULES
+from cnnjax.train.transfer import CHECKPOINTS
+
+PRUNE_METHODS = ("none", *prune.METHODS)
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -72,6 +76,38 @@ def base_config() -> ml_collections.ConfigDict:
     c.checkpoint_every = 500
     c.keep_checkpoints = 3
     c.progress = True
+    # Start from another run's checkpoint (cnnjax.train.transfer): parameters and BatchNorm
+    # statistics come from it, the optimizer and step start fresh.
+    c.init_from = ml_collections.ConfigDict(
+        dict(
+            workdir="",  # run folder; "" = a fresh initialization
+            checkpoint="latest",  # "latest" | "best"
+            reinit=(),  # globs of parameters left at their fresh init (e.g. a new "output")
+        )
+    )
+    # Parameter groups of the optimizer (cnnjax.train.optim.parameter_groups), globs over names.
+    c.param_groups = ml_collections.ConfigDict(
+        dict(
+            frozen=(),  # not trained
+            lr_multipliers=ml_collections.ConfigDict(),  # {glob: factor of optimizer.lr}
+        )
+    )
+    # Pruning (cnnjax.compress.prune): masks in the optimizer state keep pruned weights at zero.
+    c.prune = ml_collections.ConfigDict(
+        dict(
+            method="none",  # none | magnitude | l1_filters | fixed (keep the initial zeros)
+            scope="layer",  # layer | global (magnitude only)
+            sparsity=0.0,  # final fraction of every kernel pruned
+            layer_sparsity=ml_collections.ConfigDict(),  # {glob over kernel names: fraction}
+            exclude=(),  # globs of kernels never pruned
+            schedule="one_shot",  # one_shot | iterative | gradual
+            begin_step=0,
+            end_step=0,  # gradual: step of the final sparsity; 0 = num_steps
+            frequency=100,  # steps between pruning events (iterative, gradual)
+            rounds=1,  # iterative: pruning rounds
+            initial_sparsity=0.0,  # gradual: s_i
+        )
+    )
     return c
 
 
@@ -89,7 +125,8 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     """Raises `ConfigError` for unknown keys or invalid values (see module docstring)."""
     known = known_keys()
     for key in flatten(config.to_dict()):
-        if key not in known and not key.startswith("model_kwargs."):
+        free = ("model_kwargs.", "prune.layer_sparsity.", "param_groups.lr_multipliers.")
+        if key not in known and not key.startswith(free):
             raise ConfigError(unknown_choice("config key", key, known))
     models.create_model(config.model, **resolve_components(config.model_kwargs.to_dict()))
     if config.loss and config.loss not in LOSSES:
@@ -113,6 +150,20 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
             PAD_MODES,
         ),
         (config.data.fit in ("", *FIT_METHODS), "data.fit", config.data.fit, FIT_METHODS),
+        (config.prune.method in PRUNE_METHODS, "prune.method", config.prune.method, PRUNE_METHODS),
+        (config.prune.scope in prune.SCOPES, "prune.scope", config.prune.scope, prune.SCOPES),
+        (
+            config.prune.schedule in prune.SCHEDULES,
+            "prune.schedule",
+            config.prune.schedule,
+            prune.SCHEDULES,
+        ),
+        (
+            config.init_from.checkpoint in CHECKPOINTS,
+            "init_from.checkpoint",
+            config.init_from.checkpoint,
+            CHECKPOINTS,
+        ),
     ]
     for ok, key, value, choices in checks:
         if not ok:
@@ -164,6 +215,12 @@ _RANGES = (
     ("seed", lambda v: _integer(v) and 0 <= v < 2**32, "an integer in [0, 2**32)"),
     ("data.num_workers", lambda v: _integer(v) and v >= 0, "an integer >= 0 (0 = in-process)"),
     ("data.prefetch", lambda v: _integer(v) and v >= 0, "an integer >= 0"),
+    ("prune.sparsity", lambda v: _finite(v) and 0 <= v < 1, "in [0, 1)"),
+    ("prune.initial_sparsity", lambda v: _finite(v) and 0 <= v < 1, "in [0, 1)"),
+    ("prune.begin_step", lambda v: _integer(v) and v >= 0, "an integer >= 0"),
+    ("prune.end_step", lambda v: _integer(v) and v >= 0, "an integer >= 0 (0 = num_steps)"),
+    ("prune.frequency", lambda v: _integer(v) and v >= 1, "an integer >= 1"),
+    ("prune.rounds", lambda v: _integer(v) and v >= 1, "an integer >= 1"),
 )
 
 
@@ -176,3 +233,6 @@ def _check_ranges(config: ml_collections.ConfigDict) -> None:
     for key, ok, rule in _RANGES:
         if not ok(values[key]):
             raise ConfigError(f"{key} must be {rule}, got {values[key]!r}")
+    for pattern, value in config.prune.layer_sparsity.items():
+        if not (_finite(value) and 0 <= value < 1):
+            raise ConfigError(f"prune.layer_sparsity[{pattern!r}] must be in [0, 1), got {value!r}")

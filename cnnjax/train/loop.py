@@ -26,9 +26,10 @@ from cnnjax.train.checkpoint import Checkpoints
 from cnnjax.train.config import schema_defaults, validate_config
 from cnnjax.train.files import write_json_atomic
 from cnnjax.train.metrics import MetricWriter
-from cnnjax.train.optim import make_optimizer
-from cnnjax.train.state import create_train_state
+from cnnjax.train.optim import make_grouped_optimizer, parameter_groups, pruning_optimizer
+from cnnjax.train.state import create_train_state, init_variables
 from cnnjax.train.steps import Preprocess, jit_steps
+from cnnjax.train.transfer import merge_variables, read_checkpoint
 
 Hook = Callable[[int, object], None]
 
@@ -195,8 +196,18 @@ def train(
     check_batch_size(train_source, config.batch_size)  # before compiling or making the workdir
     eval_source = _prepare_source(config, config.data.eval_split, input_shape, fit)
     num_steps = num_train_steps(config, len(train_source))
-    tx, lr_schedule = make_optimizer(config.optimizer, config.schedule, num_steps)
-    state = create_train_state(model, tx, input_shape, config.seed)
+    variables = init_variables(model, input_shape, config.seed)
+    if config.init_from.workdir:
+        loaded, _ = read_checkpoint(config.init_from.workdir, config.init_from.checkpoint)
+        variables = merge_variables(
+            variables, loaded, config.init_from.reinit, source=config.init_from.workdir
+        )
+    labels = parameter_groups(
+        variables["params"], config.param_groups.frozen, config.param_groups.lr_multipliers
+    )
+    tx, lr_schedule = make_grouped_optimizer(config.optimizer, config.schedule, num_steps, labels)
+    tx = pruning_optimizer(tx, config.prune, variables["params"], num_steps)
+    state = create_train_state(model, tx, input_shape, config.seed, variables)
 
     mean, std = _channel_stats(spec, input_shape[-1])
     preprocess = Preprocess(

@@ -11,12 +11,15 @@ Weight decay for SGD and Adam is the classic L2 term added to the gradient (what
 
 from __future__ import annotations
 
+import fnmatch
+import math
 from collections.abc import Mapping
 from typing import Any
 
 import jax
 import optax
 
+from cnnjax.compress import prune
 from cnnjax.errors import ConfigError, unknown_choice
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
@@ -117,3 +120,108 @@ def make_optimizer(
                 optax.adam(lr_schedule, b1=optimizer.get("b1", 0.9), b2=optimizer.get("b2", 0.999))
             )
     return optax.chain(*chain), lr_schedule
+
+
+def parameter_groups(params, frozen=(), lr_multipliers: Mapping[str, float] | None = None):
+    """Labels each parameter "frozen", `"lr*<factor>"` or "default" by glob over its name.
+
+    Names are "/"-joined paths such as "stage1/block0/conv1/kernel"; a pattern also matches a
+    parameter when it matches the parameter's module path ("output" matches "output/kernel" and
+    "output/bias"). `frozen` wins over `lr_multipliers`; among multipliers the first match wins.
+
+    Raises:
+      ConfigError: a pattern that matches no parameter, or a multiplier that is not > 0.
+    """
+    lr_multipliers = dict(lr_multipliers or {})
+    flat = jax.tree_util.tree_flatten_with_path(params)
+    names = ["/".join(str(k.key) for k in path) for path, _ in flat[0]]
+
+    def matches(name, pattern):
+        module = name.rsplit("/", 1)[0]
+        return fnmatch.fnmatchcase(name, pattern) or fnmatch.fnmatchcase(module, pattern)
+
+    for where, patterns in (("frozen", frozen), ("lr_multipliers", lr_multipliers)):
+        for pattern in patterns:
+            if not any(matches(name, pattern) for name in names):
+                raise ConfigError(unknown_choice(f"{where} parameter pattern", pattern, names))
+    for pattern, factor in lr_multipliers.items():
+        if not (isinstance(factor, int | float) and math.isfinite(factor) and factor > 0):
+            raise ConfigError(f"lr_multipliers[{pattern!r}] must be a number > 0, got {factor!r}")
+
+    def label(name):
+        if any(matches(name, p) for p in frozen):
+            return "frozen"
+        for pattern, factor in lr_multipliers.items():
+            if matches(name, pattern):
+                return f"lr*{float(factor)!r}"
+        return "default"
+
+    return jax.tree_util.tree_unflatten(flat[1], [label(name) for name in names])
+
+
+def make_grouped_optimizer(
+    optimizer: Mapping[str, Any],
+    schedule: Mapping[str, Any],
+    num_steps: int,
+    labels=None,
+) -> tuple[optax.GradientTransformation, optax.Schedule]:
+    """`make_optimizer`, with per-group learning rates and frozen groups (`parameter_groups`).
+
+    Each labelled group gets its own copy of the optimizer with the learning rate scaled by the
+    group's factor (same schedule shape), frozen parameters get zero updates (and no optimizer
+    state). Without labels, or with every label "default", this is `make_optimizer`.
+    """
+    tx, lr_schedule = make_optimizer(optimizer, schedule, num_steps)
+    used = set(jax.tree.leaves(labels)) if labels is not None else {"default"}
+    if used == {"default"}:
+        return tx, lr_schedule
+    transforms = {}
+    for name in used:
+        if name == "frozen":
+            transforms[name] = optax.set_to_zero()
+        elif name == "default":
+            transforms[name] = tx
+        else:
+            factor = float(name.removeprefix("lr*"))
+            scaled = {**optimizer, "lr": float(optimizer["lr"]) * factor}
+            transforms[name] = make_optimizer(scaled, schedule, num_steps)[0]
+    return optax.multi_transform(transforms, labels), lr_schedule
+
+
+def pruning_optimizer(
+    tx: optax.GradientTransformation, prune_config: Mapping[str, Any], params, num_steps: int
+) -> optax.GradientTransformation:
+    """`tx` wrapped by `cnnjax.compress.prune.keep_pruned` as the config's `prune` section says
+    (unchanged for method "none").
+
+    Raises:
+      ConfigError: a layer pattern that matches no kernel, or a schedule whose last pruning
+        event falls after the last step (the final sparsity would never be reached).
+    """
+    method = prune_config["method"]
+    if method == "none":
+        return tx
+    # Layer patterns first; `sparsity` then sets every kernel no pattern names.
+    patterns = dict(prune_config.get("layer_sparsity") or {})
+    if float(prune_config["sparsity"]) > 0:
+        patterns["*"] = float(prune_config["sparsity"])
+    if method != "fixed" and not any(v > 0 for v in patterns.values()):
+        raise ConfigError(
+            f"prune.method={method!r} prunes nothing: set prune.sparsity or prune.layer_sparsity"
+        )
+    sparsities = prune.layer_sparsities(params, patterns, tuple(prune_config.get("exclude", ())))
+    end_step = int(prune_config.get("end_step", 0)) or num_steps - 1
+    schedule = prune.PruningSchedule(
+        kind=prune_config["schedule"],
+        begin_step=int(prune_config.get("begin_step", 0)),
+        end_step=end_step,
+        frequency=int(prune_config.get("frequency", 100)),
+        rounds=int(prune_config.get("rounds", 1)),
+        initial_sparsity=float(prune_config.get("initial_sparsity", 0.0)),
+    )
+    if method != "fixed" and schedule.last_step >= num_steps:
+        raise ConfigError(
+            f"the last pruning event of prune.schedule={schedule.kind!r} is at update "
+            f"{schedule.last_step}, but the run has {num_steps} steps (updates 0..{num_steps - 1})"
+        )
+    return prune.keep_pruned(tx, sparsities, method, prune_config.get("scope", "layer"), schedule)

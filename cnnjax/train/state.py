@@ -22,8 +22,24 @@ class TrainState(train_state.TrainState):
     rng: jax.Array
 
 
+def init_variables(model: nn.Module, input_shape, seed: int) -> dict:
+    """`{"params", "batch_stats"}` of `model` initialized on a dummy `(1, *input_shape)` batch,
+    from the init key of `seed` (the one `create_train_state` uses)."""
+    init_key, _ = jax.random.split(jax.random.PRNGKey(seed))
+
+    @jax.jit
+    def init(key):
+        return model.init(key, jnp.zeros((1, *input_shape), jnp.float32), train=False)
+
+    return init(init_key)
+
+
 def create_train_state(
-    model: nn.Module, tx: optax.GradientTransformation, input_shape, seed: int
+    model: nn.Module,
+    tx: optax.GradientTransformation,
+    input_shape,
+    seed: int,
+    variables: dict | None = None,
 ) -> TrainState:
     """Initializes the model on a dummy `(1, *input_shape)` batch.
 
@@ -32,14 +48,12 @@ def create_train_state(
       tx: optimizer.
       input_shape: `(H, W, C)` of one image.
       seed: base seed; parameter init and the training stream use independent keys from it.
+      variables: start from these `{"params", "batch_stats"}` instead of initializing (e.g. a
+        checkpoint's, through `init_from`); the training stream still comes from `seed`.
     """
-    init_key, run_key = jax.random.split(jax.random.PRNGKey(seed))
-
-    @jax.jit
-    def init(key):
-        return model.init(key, jnp.zeros((1, *input_shape), jnp.float32), train=False)
-
-    variables = init(init_key)
+    _, run_key = jax.random.split(jax.random.PRNGKey(seed))
+    if variables is None:
+        variables = init_variables(model, input_shape, seed)
     return TrainState.create(
         apply_fn=model.apply,
         params=variables["params"],
