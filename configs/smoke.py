@@ -26,6 +26,7 @@ SMOKE: dict[str, dict] = {
     "lenet5_classic": dict(_MNIST),
     "lenet5_1998": dict(_MNIST),
     "lenet300_100": dict(_MNIST),
+    "lenet5_caffe": dict(_MNIST),
     "highway_mlp": dict(_MNIST),
     # 150 steps: the 9x9 256->256 primary-capsule conv trains at ~4 images/s on a 2-core CPU.
     "capsnet": dict(_MNIST, normalize=False, batch_size=32, num_steps=150),

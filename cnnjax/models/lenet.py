@@ -12,6 +12,9 @@ connections in bounds: 60 * 25 weights + 16 biases = 1,516 parameters instead of
 the 60 connected `5x5` filters into a zero `(5, 5, 6, 16)` kernel (`C3_TABLE`), so the parameters
 are exactly the paper's and the layer stays a single conv (MAC counts see the dense conv).
 
+`lenet5_caffe` is the network of Caffe's MNIST example (20 and 50 5x5 filters, 500 hidden units,
+431,080 parameters), which the pruning and Deep Compression papers call "LeNet-5".
+
 LeNet-300-100 is the paper's fully connected baseline "3-layer NN, 300+100 hidden units" on
 28x28 digits: 784-300-100-10, 266,610 parameters.
 """
@@ -191,6 +194,52 @@ class LeNetMLP(nn.Module):
         return self.dense(self.num_classes, name="output")(y), intermediates
 
 
+class LeNetCaffe(nn.Module):
+    """Caffe's MNIST "LeNet", the network Han et al. 2015/2016 call LeNet-5: `(N, 28, 28, C)`.
+
+    conv1 20@5x5 - max pool 2 - conv2 50@5x5 - max pool 2 - ip1 500 + ReLU - ip2, with no
+    activation after the convolutions (as in Caffe's `lenet_train_test.prototxt`): 431,080
+    parameters, 0.5K / 25K / 400K / 5K in the four layers of Han et al.'s Table 2.
+
+    Intermediates: "stem" pool1 `(N, 12, 12, 20)`, "stage1" pool2 `(N, 4, 4, 50)`, "pre_logits"
+    ip1 `(N, 500)`.
+
+    Attributes:
+      num_classes: output units.
+      features: output channels of the two convolutions (fields so that channel-pruned models
+        shrink into a smaller model of the same family).
+      hidden: width of ip1.
+      conv_act: activation after each convolution (Caffe: none).
+      act: activation after ip1.
+      conv: convolution constructor.
+    """
+
+    num_classes: int = 10
+    features: Sequence[int] = (20, 50)
+    hidden: int = 500
+    conv_act: Callable[[jnp.ndarray], jnp.ndarray] | None = None
+    act: Callable[[jnp.ndarray], jnp.ndarray] = nn.relu
+    conv: ModuleDef = Conv2d
+
+    @nn.compact
+    def __call__(self, x: jnp.ndarray, train: bool = False):
+        del train
+        if len(self.features) != 2 or any(not isinstance(f, int) or f < 1 for f in self.features):
+            raise ConfigError(f"features must be two positive ints, got {self.features!r}")
+        if not isinstance(self.hidden, int) or self.hidden < 1:
+            raise ConfigError(f"hidden must be a positive int, got {self.hidden!r}")
+        conv_act = self.conv_act or (lambda y: y)
+        y = x
+        intermediates = {}
+        for i, features in enumerate(self.features):
+            y = self.conv(features=features, kernel_size=5, padding="valid", name=f"conv{i + 1}")(y)
+            y = max_pool2d(conv_act(y))
+            intermediates["stem" if i == 0 else f"stage{i}"] = y
+        y = self.act(nn.Dense(self.hidden, name="ip1")(y.reshape(y.shape[0], -1)))
+        intermediates["pre_logits"] = y
+        return nn.Dense(self.num_classes, name="ip2")(y), intermediates
+
+
 # LeNet-5 reads a 32x32 frame (MNIST's 28x28 images padded by 2), the MLP the 28x28 images.
 _PADDED_MNIST = (32, 32, 1)
 _MNIST = (28, 28, 1)
@@ -220,4 +269,11 @@ _register_lenet(
     LeNetMLP,
     input_shape=_MNIST,
     description="LeNet-300-100: fully connected 784-300-100-10 with ReLU",
+)
+register(
+    "lenet5_caffe",
+    LeNetCaffe,
+    input_shape=_MNIST,
+    paper="Caffe's MNIST example (Jia et al. 2014), used as LeNet-5 by Han et al. 2015/2016",
+    description="Caffe's 20-50-500 LeNet (431K parameters), Deep Compression's 'LeNet-5'",
 )

@@ -139,6 +139,24 @@ def test_lenet300_100():
         init(models.create_model("lenet300_100", hidden=()), jnp.zeros((1, 28, 28, 1)))
 
 
+def test_lenet5_caffe_is_han_et_als_431k_network():
+    model = models.create_model("lenet5_caffe")
+    x = normal((2, 28, 28, 1))
+    variables = init(model, x)
+    weights = {k: v["kernel"].size for k, v in variables["params"].items()}
+    # Han et al. 2015 Table 2 / 2016 Table 3: conv1 0.5K, conv2 25K, ip1 400K, ip2 5K weights.
+    assert weights == {"conv1": 500, "conv2": 25_000, "ip1": 400_000, "ip2": 5_000}
+    assert n_params(model, (1, 28, 28, 1)) == 431_080
+    logits, feats = apply(model, variables, x)
+    assert logits.shape == (2, 10) and feats["stage1"].shape == (2, 4, 4, 50)
+    # Caffe's example has no activation after the convolutions: pooled maps can be negative.
+    assert float(feats["stem"].min()) < 0 and float(feats["pre_logits"].min()) >= 0
+    narrow = models.create_model("lenet5_caffe", features=(8, 16), hidden=100)
+    assert n_params(narrow, (1, 28, 28, 1)) == 208 + 3216 + 25_700 + 1010
+    with pytest.raises(ConfigError, match="two positive ints"):
+        init(models.create_model("lenet5_caffe", features=(8,)), x)
+
+
 # ----------------------------------------------------------------------------------------------
 # AlexNet and ZFNet
 

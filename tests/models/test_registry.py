@@ -49,7 +49,7 @@ def test_list_models_sorts_numbers_by_value():
     imagenet = [n for n in resnets if models.model_info(n).num_classes == 1000]
     assert imagenet == ["resnet18", "resnet34", "resnet50", "resnet101", "resnet152"]
     assert models.list_models("plain*") == ["plain20", "plain32", "plain44", "plain56", "plain110"]
-    lenets = ["lenet5", "lenet5_1998", "lenet5_classic", "lenet300_100"]
+    lenets = ["lenet5", "lenet5_1998", "lenet5_caffe", "lenet5_classic", "lenet300_100"]
     assert models.list_models("lenet*") == lenets
     # A name that extends another after a digit run sorts after it; ties fall back to the text.
     names = ["a10", "a1b2", "a9", "a1b", "a01", "a1"]
