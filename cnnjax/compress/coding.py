@@ -77,15 +77,29 @@ def huffman_encode(symbols: np.ndarray, lengths: Mapping[int, int]) -> tuple[byt
       ConfigError: a symbol has no code in `lengths`.
     """
     codes = canonical_codes(lengths)
-    symbols = np.asarray(symbols).reshape(-1)
+    symbols = np.asarray(symbols, np.int64).reshape(-1)
     missing = set(np.unique(symbols).tolist()) - set(codes)
     if missing:
         raise ConfigError(f"symbols {sorted(missing)[:5]} have no Huffman code")
-    bits = []
-    for symbol in symbols.tolist():
-        code, length = codes[symbol]
-        bits.extend((code >> shift) & 1 for shift in range(length - 1, -1, -1))
-    return np.packbits(np.asarray(bits, np.uint8)).tobytes(), len(bits)
+    if symbols.size == 0:
+        return b"", 0
+    if max(bits for _, bits in codes.values()) > 62:  # beyond int64 shifts: bit by bit
+        bits = []
+        for symbol in symbols.tolist():
+            code, length = codes[symbol]
+            bits.extend((code >> shift) & 1 for shift in range(length - 1, -1, -1))
+        return np.packbits(np.asarray(bits, np.uint8)).tobytes(), len(bits)
+    # Vectorized: bit j of symbol i's code is (code_i >> (length_i - 1 - j)) & 1.
+    alphabet = max(codes) + 1
+    code_of = np.zeros(alphabet, np.int64)
+    length_of = np.zeros(alphabet, np.int64)
+    for symbol, (code, length) in codes.items():
+        code_of[symbol], length_of[symbol] = code, length
+    lengths_i = length_of[symbols]
+    owner = np.repeat(np.arange(symbols.size), lengths_i)
+    within = np.arange(owner.size) - np.repeat(np.cumsum(lengths_i) - lengths_i, lengths_i)
+    bits = (code_of[symbols][owner] >> (lengths_i[owner] - 1 - within)) & 1
+    return np.packbits(bits.astype(np.uint8)).tobytes(), int(owner.size)
 
 
 def huffman_decode(
@@ -96,8 +110,44 @@ def huffman_decode(
     Raises:
       ConfigError: the bits do not decode to `count` symbols (a damaged or truncated stream).
     """
-    by_code = {(code, bits): symbol for symbol, (code, bits) in canonical_codes(lengths).items()}
-    stream = np.unpackbits(np.frombuffer(data, np.uint8))[:bit_count].tolist()
+    codes = canonical_codes(lengths)
+    stream = np.unpackbits(np.frombuffer(data, np.uint8))[:bit_count]
+    longest = max((bits for _, bits in codes.values()), default=0)
+    if longest > 20:  # a table of 2**longest entries would be too big: walk bit by bit
+        return _decode_bitwise(stream.tolist(), codes, count, bit_count)
+    # Table decoding: the next `longest` bits index (symbol, length) directly.
+    table_symbol = np.full(2**longest, -1, np.int64)
+    table_length = np.zeros(2**longest, np.int64)
+    for symbol, (code, bits) in codes.items():
+        start = code << (longest - bits)
+        table_symbol[start : start + (1 << (longest - bits))] = symbol
+        table_length[start : start + (1 << (longest - bits))] = bits
+    padded = np.concatenate([stream, np.zeros(longest, np.uint8)]).astype(np.int64)
+    # window[i] = the `longest` bits starting at bit i, as an integer.
+    window = np.zeros(stream.size + 1, np.int64)
+    for j in range(longest):
+        window = (window << 1) | padded[j : j + stream.size + 1]
+    out = np.empty(count, np.int64)
+    position, found = 0, 0
+    symbols, sizes = table_symbol.tolist(), table_length.tolist()
+    windows = window.tolist()
+    while found < count and position < bit_count:
+        key = windows[position]
+        if symbols[key] < 0 or position + sizes[key] > bit_count:
+            break
+        out[found] = symbols[key]
+        position += sizes[key]
+        found += 1
+    if found != count or position != bit_count:
+        raise ConfigError(
+            f"Huffman stream of {bit_count} bits holds {found} symbols, not {count} (decoding "
+            f"stopped at bit {position})"
+        )
+    return out
+
+
+def _decode_bitwise(stream, codes, count: int, bit_count: int) -> np.ndarray:
+    by_code = {(code, bits): symbol for symbol, (code, bits) in codes.items()}
     out = []
     code = length = 0
     for bit in stream:
