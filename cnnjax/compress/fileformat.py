@@ -108,36 +108,13 @@ def _encodings(values: np.ndarray, bits: int | None, index_bits: int, huffman: b
                 f"{name} has {codebook.size} distinct values, more than 2**bits = {2**bits}: "
                 "share its weights first (cnnjax.compress.quantize.share_weights)"
             )
-        if nonzero.size == flat.size:  # dense: index every entry
-            symbols = np.searchsorted(codebook, flat)
-            entry, table, stream = _code(symbols, codebook.size, huffman)
-            candidates.append(
-                (
-                    "shared",
-                    {"weights": entry},
-                    {
-                        "codebook": codebook.astype("<f4").tobytes(),
-                        "weight_table": table,
-                        "weight_stream": stream,
-                    },
-                )
-            )
-        else:  # dense with zeros: the codebook needs the zero as a symbol
-            full = np.unique(flat)
-            if full.size <= 2**bits + 1:
-                symbols = np.searchsorted(full, flat)
-                entry, table, stream = _code(symbols, full.size, huffman)
-                candidates.append(
-                    (
-                        "shared",
-                        {"weights": entry},
-                        {
-                            "codebook": full.astype("<f4").tobytes(),
-                            "weight_table": table,
-                            "weight_stream": stream,
-                        },
-                    )
-                )
+        # Dense storage indexes every entry: a zero, if the array has any, takes one symbol more.
+        full = np.unique(flat)
+        if full.size <= 2**bits + (nonzero.size < flat.size):
+            symbols = np.searchsorted(full, flat)
+            entry, table, stream = _code(symbols, full.size, huffman)
+            blobs = {"codebook": full.astype("<f4").tobytes(), "weight_table": table}
+            candidates.append(("shared", {"weights": entry}, {**blobs, "weight_stream": stream}))
     if nonzero.size < flat.size:
         gaps, is_filler = coding.encode_gaps(nonzero, index_bits)
         gap_entry, gap_table, gap_stream = _code(gaps - 1, 2**index_bits, huffman)
