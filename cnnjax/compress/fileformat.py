@@ -23,7 +23,6 @@ Han et al.'s Table 1). Values round-trip exactly (a stored -0.0 reads back as 0.
 
 from __future__ import annotations
 
-import fnmatch
 import json
 import math
 import os
@@ -35,6 +34,7 @@ import jax
 import numpy as np
 
 from cnnjax.compress import coding
+from cnnjax.compress.quantize import per_layer
 from cnnjax.errors import CheckpointError, ConfigError
 
 MAGIC = b"CNNJAXZ1"
@@ -44,17 +44,6 @@ ENCODINGS = ("raw", "shared", "sparse", "sparse_shared")
 
 def _leaf_name(path) -> str:
     return "/".join(str(getattr(k, "key", k)) for k in path)
-
-
-def _pattern_value(name: str, spec, default=None):
-    """`spec` itself, or the value of the first glob in `spec` matching `name` (or its module)."""
-    if not isinstance(spec, Mapping):
-        return default if spec is None else spec
-    module = name.rsplit("/", 1)[0]
-    for pattern, value in spec.items():
-        if fnmatch.fnmatchcase(name, pattern) or fnmatch.fnmatchcase(module, pattern):
-            return value
-    return default
 
 
 class _Blobs:
@@ -197,11 +186,11 @@ def save(
             name = _leaf_name(leaf_path)
             values = np.asarray(leaf)
             is_kernel = values.ndim > 1 and collection == "params"
-            layer_bits = _pattern_value(name, bits) if is_kernel else None
+            layer_bits = per_layer(name, bits) if is_kernel else None
             if layer_bits is not None and (not isinstance(layer_bits, int) or layer_bits < 1):
                 raise ConfigError(f"bits of {name} must be an integer >= 1, got {layer_bits!r}")
             default_index = 8 if values.ndim == 4 else 5
-            layer_index = int(_pattern_value(name, index_bits, default_index))
+            layer_index = int(per_layer(name, index_bits, default_index))
             if layer_index < 1:
                 raise ConfigError(f"index_bits of {name} must be >= 1, got {layer_index}")
             candidates = _encodings(values, layer_bits, layer_index, huffman, name)

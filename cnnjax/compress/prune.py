@@ -360,20 +360,21 @@ def keep_pruned(
     return optax.GradientTransformation(init, update)
 
 
+def find_state(opt_state, state_type):
+    """The first node of type `state_type` in an optimizer state (searched through the tuples,
+    lists and mappings optax wrappers build), or None."""
+    if isinstance(opt_state, state_type):
+        return opt_state
+    children = opt_state.values() if isinstance(opt_state, Mapping) else opt_state
+    if isinstance(opt_state, tuple | list | Mapping):
+        for child in children:
+            found = find_state(child, state_type)
+            if found is not None:
+                return found
+    return None
+
+
 def masks_of(opt_state):
     """The masks held by a `keep_pruned` optimizer state (searched through wrappers), or None."""
-    found = []
-
-    def visit(node):
-        if isinstance(node, KeepPrunedState):
-            found.append(node.masks)
-            return
-        if isinstance(node, tuple | list):
-            for child in node:
-                visit(child)
-        elif isinstance(node, Mapping):
-            for child in node.values():
-                visit(child)
-
-    visit(opt_state)
-    return found[0] if found else None
+    found = find_state(opt_state, KeepPrunedState)
+    return None if found is None else found.masks

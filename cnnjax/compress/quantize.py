@@ -9,11 +9,17 @@ keeps the few large weights, which matter most, as their own centroids: it is th
 
 from __future__ import annotations
 
+import fnmatch
+from collections.abc import Mapping
+from typing import Any, NamedTuple
+
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 
-from cnnjax.errors import ConfigError
+from cnnjax.compress.prune import find_state, is_prunable, leaf_name
+from cnnjax.errors import ConfigError, unknown_choice
 
 INITS = ("linear", "random", "density")
 
@@ -49,7 +55,7 @@ def kmeans_1d(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Lloyd's algorithm in one dimension from the given `centroids`.
 
-    Each step assigns every value to its nearest centroid (the lower one on a tie) and moves each
+    Each step assigns every value to its nearest centroid (the smaller one on a tie) and moves each
     centroid to the mean of its values; a centroid left without values is moved onto the value
     farthest from its own centroid (as scikit-learn does). Stops when no assignment changes.
 
@@ -60,8 +66,7 @@ def kmeans_1d(
     centroids = np.asarray(centroids, np.float64).copy()
     assignments = None
     for _ in range(max_iterations):
-        distance = np.abs(values[:, None] - centroids[None, :])
-        new = np.argmin(distance, axis=1)
+        new = _nearest(values, centroids)
         if assignments is not None and np.array_equal(new, assignments):
             break
         assignments = new
@@ -79,6 +84,19 @@ def kmeans_1d(
                 sums[cluster], counts[cluster] = values[point], 1
         centroids = np.where(counts > 0, sums / np.maximum(counts, 1), centroids)
     return centroids, assignments
+
+
+def _nearest(values: np.ndarray, centroids: np.ndarray) -> np.ndarray:
+    """Index of the nearest centroid of each value (the smaller centroid on a tie), by binary
+    search over the sorted centroids: memory O(n), not the O(n k) of a distance matrix."""
+    order = np.argsort(centroids, kind="stable")
+    ordered = centroids[order]
+    above = np.clip(np.searchsorted(ordered, values), 1, len(ordered) - 1)
+    if len(ordered) == 1:
+        return np.zeros(values.shape, np.int64)
+    below = above - 1
+    take_below = np.abs(values - ordered[below]) <= np.abs(values - ordered[above])
+    return order[np.where(take_below, below, above)]
 
 
 def share_weights(
@@ -130,3 +148,135 @@ def centroid_gradients(
         jnp.maximum(assignments, 0).reshape(-1),
         num_segments=clusters,
     )
+
+
+def per_layer(name: str, spec, default=None):
+    """The value `spec` gives the leaf `name`: `spec` itself, or the value of the first glob in a
+    `{glob: value}` mapping that matches `name` or its module (`"fc1/*"` and `"fc1"` both match
+    `"fc1/kernel"`); `default` when none does or `spec` is None."""
+    if not isinstance(spec, Mapping):
+        return default if spec is None else spec
+    module = name.rsplit("/", 1)[0]
+    for pattern, value in spec.items():
+        if fnmatch.fnmatchcase(name, pattern) or fnmatch.fnmatchcase(module, pattern):
+            return value
+    return default
+
+
+# `assignments` leaf of a parameter that is not shared (a scalar keeps the tree's structure).
+NOT_SHARED = -2
+
+
+def share_params(params, bits, exclude=(), init: str = "linear"):
+    """k-means weight sharing of every kernel of `params` that `bits` gives a width.
+
+    Args:
+      params: parameter pytree.
+      bits: one int for every kernel or `{glob: bits}` (kernels matching no glob stay float).
+      exclude: globs of kernels never shared.
+      init: centroid initialization (`initial_centroids`).
+
+    Returns:
+      `(shared params, assignments)`: the parameters with each shared kernel rebuilt from its
+      codebook, and a pytree of the same structure holding each shared kernel's int32 cluster
+      indices (-1 where pruned) and `NOT_SHARED` (a scalar) for every other leaf.
+
+    Raises:
+      ConfigError: a glob that matches no kernel, or bits < 1.
+    """
+    flat, treedef = jax.tree_util.tree_flatten_with_path(params)
+    names = [leaf_name(path) for path, _ in flat]
+    kernels = [n for (n, (_, leaf)) in zip(names, flat) if is_prunable(leaf)]
+    for pattern in (*(bits if isinstance(bits, Mapping) else ()), *exclude):
+        if not any(
+            fnmatch.fnmatchcase(n, pattern) or fnmatch.fnmatchcase(n.rsplit("/", 1)[0], pattern)
+            for n in kernels
+        ):
+            raise ConfigError(unknown_choice("weight-sharing layer pattern", pattern, kernels))
+    shared, assignments = [], []
+    for name, (_, leaf) in zip(names, flat):
+        width = per_layer(name, bits) if is_prunable(leaf) else None
+        if width is None or any(fnmatch.fnmatchcase(name, p) for p in exclude):
+            shared.append(leaf)
+            assignments.append(jnp.asarray(NOT_SHARED, jnp.int32))
+            continue
+        centroids, assigned = share_weights(np.asarray(leaf), int(width), init=init)
+        assigned = jnp.asarray(assigned, jnp.int32)
+        shared.append(shared_values(jnp.asarray(centroids), assigned).astype(leaf.dtype))
+        assignments.append(assigned)
+    return treedef.unflatten(shared), treedef.unflatten(assignments)
+
+
+def cluster_means(params, assignments):
+    """`params` with every shared kernel set to one value per cluster (0 where pruned): the members'
+    common value, or their mean if rounding ever made them drift apart. This is the exact
+    codebook form the compressed file stores."""
+
+    def project(leaf, assigned):
+        if jnp.ndim(assigned) == 0:
+            return leaf
+        clusters = int(jnp.max(assigned)) + 1
+        kept = assigned >= 0
+        index = jnp.maximum(assigned, 0).reshape(-1)
+        sums = jax.ops.segment_sum(jnp.where(kept, leaf, 0).reshape(-1), index, clusters)
+        counts = jax.ops.segment_sum(kept.reshape(-1).astype(leaf.dtype), index, clusters)
+        means = sums / jnp.maximum(counts, 1)
+        # A cluster whose members are already one value keeps it bit for bit (a float mean of
+        # equal numbers can be an ulp off).
+        flat = leaf.reshape(-1)
+        low = jax.ops.segment_min(jnp.where(kept.reshape(-1), flat, jnp.inf), index, clusters)
+        high = jax.ops.segment_max(jnp.where(kept.reshape(-1), flat, -jnp.inf), index, clusters)
+        values = jnp.where(low == high, low, means)
+        return shared_values(values, assigned).astype(leaf.dtype)
+
+    return jax.tree.map(project, params, assignments)
+
+
+class KeepSharedState(NamedTuple):
+    """Optimizer state of `keep_shared`: the inner optimizer's and the cluster assignments."""
+
+    inner_state: Any
+    assignments: Any
+
+
+def keep_shared(inner: optax.GradientTransformation, assignments) -> optax.GradientTransformation:
+    """Wraps an optimizer so that shared kernels stay shared: centroid fine-tuning (Han et al.
+    2016, Eq. 3).
+
+    Every weight of a cluster gets the cluster's summed gradient (`centroid_gradients`) before
+    `inner` sees it, so the members of a cluster, equal at the start, receive identical updates
+    from any element-wise optimizer (SGD, momentum, Adam, weight decay): the update of the
+    centroid. Pruned weights (-1) get zero gradients. The assignments live in the optimizer state,
+    so checkpoints carry them. With Adam the summed gradient's scale cancels; with SGD a large
+    cluster moves faster, as in the paper.
+
+    Args:
+      inner: the optimizer.
+      assignments: from `share_params` (the same tree structure as the parameters).
+    """
+
+    # Cluster counts are static (segment sums need them at trace time): the restored state holds
+    # the same assignments as these.
+    clusters = jax.tree.map(lambda a: int(np.max(a)) + 1 if np.ndim(a) else 0, assignments)
+
+    def init(params):
+        return KeepSharedState(inner.init(params), assignments)
+
+    def broadcast(grad, assigned, count):
+        if count == 0:
+            return grad
+        sums = centroid_gradients(grad, assigned, count)
+        return jnp.where(assigned >= 0, jnp.take(sums, jnp.maximum(assigned, 0)), 0.0)
+
+    def update(updates, state, params=None):
+        grads = jax.tree.map(broadcast, updates, state.assignments, clusters)
+        inner_updates, inner_state = inner.update(grads, state.inner_state, params)
+        return inner_updates, KeepSharedState(inner_state, state.assignments)
+
+    return optax.GradientTransformation(init, update)
+
+
+def assignments_of(opt_state):
+    """The assignments held by a `keep_shared` optimizer state (searched through wrappers)."""
+    found = find_state(opt_state, KeepSharedState)
+    return None if found is None else found.assignments

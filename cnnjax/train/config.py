@@ -13,6 +13,7 @@ import ml_collections
 
 from cnnjax import models
 from cnnjax.compress import prune
+from cnnjax.compress.quantize import INITS
 from cnnjax.data.augment import PAD_MODES
 from cnnjax.data.pipeline import FIT_METHODS
 from cnnjax.data.sources import dataset_spec
@@ -108,6 +109,16 @@ def base_config() -> ml_collections.ConfigDict:
             initial_sparsity=0.0,  # gradual: s_i
         )
     )
+    # Weight sharing (cnnjax.compress.quantize): the starting kernels are k-means clustered into
+    # 2**bits values (pruned zeros excluded) and training fine-tunes the centroids.
+    c.share = ml_collections.ConfigDict(
+        dict(
+            bits=0,  # bits of every kernel; 0 = no sharing
+            layer_bits=ml_collections.ConfigDict(),  # {glob over kernel names: bits}
+            exclude=(),  # globs of kernels never shared
+            init="linear",  # linear | density | random (Han et al. 2016 find linear best)
+        )
+    )
     return c
 
 
@@ -125,7 +136,12 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     """Raises `ConfigError` for unknown keys or invalid values (see module docstring)."""
     known = known_keys()
     for key in flatten(config.to_dict()):
-        free = ("model_kwargs.", "prune.layer_sparsity.", "param_groups.lr_multipliers.")
+        free = (
+            "model_kwargs.",
+            "prune.layer_sparsity.",
+            "param_groups.lr_multipliers.",
+            "share.layer_bits.",
+        )
         if key not in known and not key.startswith(free):
             raise ConfigError(unknown_choice("config key", key, known))
     models.create_model(config.model, **resolve_components(config.model_kwargs.to_dict()))
@@ -158,6 +174,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
             config.prune.schedule,
             prune.SCHEDULES,
         ),
+        (config.share.init in INITS, "share.init", config.share.init, INITS),
         (
             config.init_from.checkpoint in CHECKPOINTS,
             "init_from.checkpoint",
@@ -221,6 +238,7 @@ _RANGES = (
     ("prune.end_step", lambda v: _integer(v) and v >= 0, "an integer >= 0 (0 = num_steps)"),
     ("prune.frequency", lambda v: _integer(v) and v >= 1, "an integer >= 1"),
     ("prune.rounds", lambda v: _integer(v) and v >= 1, "an integer >= 1"),
+    ("share.bits", lambda v: _integer(v) and 0 <= v <= 16, "an integer in [0, 16] (0 = off)"),
 )
 
 
@@ -236,3 +254,8 @@ def _check_ranges(config: ml_collections.ConfigDict) -> None:
     for pattern, value in config.prune.layer_sparsity.items():
         if not (_finite(value) and 0 <= value < 1):
             raise ConfigError(f"prune.layer_sparsity[{pattern!r}] must be in [0, 1), got {value!r}")
+    for pattern, value in config.share.layer_bits.items():
+        if not (_integer(value) and 1 <= value <= 16):
+            raise ConfigError(
+                f"share.layer_bits[{pattern!r}] must be an integer in [1, 16], got {value!r}"
+            )

@@ -26,7 +26,12 @@ from cnnjax.train.checkpoint import Checkpoints
 from cnnjax.train.config import schema_defaults, validate_config
 from cnnjax.train.files import write_json_atomic
 from cnnjax.train.metrics import MetricWriter
-from cnnjax.train.optim import make_grouped_optimizer, parameter_groups, pruning_optimizer
+from cnnjax.train.optim import (
+    make_grouped_optimizer,
+    parameter_groups,
+    pruning_optimizer,
+    sharing_optimizer,
+)
 from cnnjax.train.state import create_train_state, init_variables
 from cnnjax.train.steps import Preprocess, jit_steps
 from cnnjax.train.transfer import merge_variables, read_checkpoint
@@ -206,6 +211,8 @@ def train(
         variables["params"], config.param_groups.frozen, config.param_groups.lr_multipliers
     )
     tx, lr_schedule = make_grouped_optimizer(config.optimizer, config.schedule, num_steps, labels)
+    tx, shared = sharing_optimizer(tx, config.share, variables["params"])
+    variables = {**variables, "params": shared}
     tx = pruning_optimizer(tx, config.prune, variables["params"], num_steps)
     state = create_train_state(model, tx, input_shape, config.seed, variables)
 

@@ -19,7 +19,7 @@ from typing import Any
 import jax
 import optax
 
-from cnnjax.compress import prune
+from cnnjax.compress import prune, quantize
 from cnnjax.errors import ConfigError, unknown_choice
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
@@ -225,3 +225,22 @@ def pruning_optimizer(
             f"{schedule.last_step}, but the run has {num_steps} steps (updates 0..{num_steps - 1})"
         )
     return prune.keep_pruned(tx, sparsities, method, prune_config.get("scope", "layer"), schedule)
+
+
+def sharing_optimizer(tx: optax.GradientTransformation, share_config: Mapping[str, Any], params):
+    """`(tx, params)` for the config's `share` section: unchanged when no kernel is given bits;
+    else the parameters' kernels k-means shared (`cnnjax.compress.quantize.share_params`) and `tx`
+    wrapped by `keep_shared`, which fine-tunes the centroids.
+
+    Raises:
+      ConfigError: a layer pattern that matches no kernel, or an unknown init.
+    """
+    bits = dict(share_config.get("layer_bits") or {})
+    if int(share_config.get("bits", 0)) > 0:
+        bits["*"] = int(share_config["bits"])
+    if not bits:
+        return tx, params
+    shared, assignments = quantize.share_params(
+        params, bits, tuple(share_config.get("exclude", ())), share_config.get("init", "linear")
+    )
+    return quantize.keep_shared(tx, assignments), shared

@@ -7,7 +7,7 @@ import numpy as np
 import optax
 import pytest
 
-from cnnjax.compress import prune
+from cnnjax.compress import prune, quantize
 from cnnjax.errors import CheckpointError, ConfigError
 from cnnjax.train import train
 from cnnjax.train.optim import make_grouped_optimizer, parameter_groups
@@ -244,3 +244,30 @@ def test_lr_multipliers_scale_the_update_of_their_group():
     np.testing.assert_allclose(updates["b"]["kernel"], -0.025)
     with pytest.raises(ConfigError, match=r"'zzz'.*a/kernel"):
         parameter_groups(params, frozen=("zzz",))
+
+
+def test_the_loop_shares_a_pruned_runs_weights_and_restores_the_assignments(pruned_run, tmp_path):
+    source_dir, _, source = pruned_run
+    config = make_tiny_config(num_steps=3, checkpoint_every=3)
+    config.init_from.workdir = source_dir
+    config.prune.method = "fixed"
+    config.share.bits, config.share.layer_bits = 3, {"c5": 2}
+    config.share.exclude = ("output/*",)
+    workdir = str(tmp_path / "shared")
+    run = train(config, workdir)
+    assignments = quantize.assignments_of(run.state.opt_state)
+    before, after = (
+        prune.sparsity_report(source.state.params),
+        prune.sparsity_report(run.state.params),
+    )
+    assert before == after  # the pruned zeros stay, nothing else becomes zero
+    for name, leaf in run.state.params.items():
+        kernel = np.asarray(leaf["kernel"])
+        distinct = len(np.unique(kernel[kernel != 0]))
+        if name == "output":
+            assert distinct == np.count_nonzero(kernel) and assignments[name]["kernel"].ndim == 0
+        else:
+            assert distinct <= (4 if name == "c5" else 8), name
+    again = quantize.assignments_of(train(config, workdir).state.opt_state)
+    for a, b in zip(jax.tree.leaves(assignments), jax.tree.leaves(again)):
+        np.testing.assert_array_equal(a, b)
