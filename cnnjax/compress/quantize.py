@@ -102,17 +102,24 @@ def _nearest(values: np.ndarray, centroids: np.ndarray) -> np.ndarray:
 def share_weights(
     weights: np.ndarray, bits: int, mask: np.ndarray | None = None, init: str = "linear"
 ) -> tuple[np.ndarray, np.ndarray]:
-    """k-means weight sharing of one layer: `2**bits` centroids for its kept weights.
+    """k-means weight sharing of one layer: `2**bits` centroids for its kept weights, or
+    `2**bits - 1` when some are pruned.
+
+    `bits` is the width of a stored weight index. A pruned layer needs one code for a zero (the
+    filler entries of the sparse format, Han et al. 2016 Fig. 2, and the pruned entries of a dense
+    one), so it reserves one of the `2**bits` codes for it: its indices then fit `bits` bits
+    exactly, fillers included.
 
     Args:
       weights: the layer's weights, any shape.
-      bits: bits per stored index (>= 1).
+      bits: bits per stored index (>= 1; a pruned layer needs >= 1 and gets 2**bits - 1 >= 1
+        clusters).
       mask: True where a weight is kept (default: every nonzero weight); pruned weights stay 0
         and get no cluster.
       init: see `initial_centroids`.
 
     Returns:
-      `(centroids, assignments)`: `(2**bits,)` float32 and an int array of the weights' shape,
+      `(centroids, assignments)`: `(clusters,)` float32 and an int array of the weights' shape,
       -1 where pruned.
 
     Raises:
@@ -125,7 +132,8 @@ def share_weights(
     kept = weights[mask].astype(np.float64)
     if kept.size == 0:
         raise ConfigError("no weight is kept: nothing to share")
-    centroids, assigned = kmeans_1d(kept, initial_centroids(kept, 2**bits, init))
+    clusters = 2**bits - (1 if kept.size < weights.size else 0)
+    centroids, assigned = kmeans_1d(kept, initial_centroids(kept, clusters, init))
     assignments = np.full(weights.shape, -1, np.int64)
     assignments[mask] = assigned
     return centroids.astype(np.float32), assignments

@@ -47,7 +47,9 @@ def test_sharing_keeps_pruned_weights_at_zero_and_rebuilds_the_layer():
     weights = rng.normal(size=(3, 3, 4, 8)).astype(np.float32)
     weights[np.abs(weights) < 0.7] = 0.0  # pruned
     centroids, assignments = share_weights(weights, bits=3)
-    assert centroids.shape == (8,) and assignments.shape == weights.shape
+    # One of the 8 codes is the zero's: 7 centroids for the kept weights, 8 for a dense layer.
+    assert centroids.shape == (7,) and assignments.shape == weights.shape
+    assert share_weights(weights + 10, bits=3)[0].shape == (8,)
     np.testing.assert_array_equal(assignments == -1, weights == 0)
     rebuilt = np.asarray(shared_values(jnp.asarray(centroids), jnp.asarray(assignments)))
     assert np.all(rebuilt[weights == 0] == 0)
