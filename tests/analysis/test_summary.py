@@ -181,22 +181,14 @@ def run_summary(*args):
     )
 
 
-def test_cli_json_and_errors():
+def test_cli_json():
+    # Its bad inputs are rows of tests/test_bad_inputs.py (one process for all of them).
     result = run_summary("--model=resnet20", "--input=24,24,3", "--batch=3", "--json")
     assert result.returncode == 0, result.stderr
     data = json.loads(result.stdout)
     assert data["input_shape"] == [24, 24, 3] and data["batch"] == 3
     assert data["totals"]["params"] == models.model_info("resnet20").params
     assert data["roofline"]["bottleneck"]["name"]
-    for args, message in [
-        (["--model=resnet21"], "did you mean 'resnet20'"),
-        (["--model=alexnet", "--input=32,32,3"], "too small for alexnet"),
-        (["--model=lenet5", "--input=3,x"], "is not a shape"),
-        (["--model=lenet5", "--device=a10"], "unknown device"),
-    ]:
-        bad = run_summary(*args)
-        assert bad.returncode == 2 and "Traceback" not in bad.stderr, bad.stderr
-        assert message in bad.stderr
 
 
 def test_any_flax_module_can_be_summarized():

@@ -1,8 +1,8 @@
 """The experiment drivers end to end at their smoke size (synthetic data, seconds per run).
 
 Every arm compiles its own network (about half a minute on a 2-core CPU), so the default suite
-runs one arm of each experiment through the same driver code; `pytest -m slow` runs every arm of
-the smoke size.
+runs one arm of one experiment (blur pool) through the driver code all experiments share;
+`pytest -m slow` runs one arm and then every arm of the smoke size of each.
 """
 
 import json
@@ -126,6 +126,7 @@ def blur_smoke(size, tmp_path_factory):
     return _smoke("blur_pool", blur_pool, blur_config.get_config("smoke"), size, tmp_path_factory)
 
 
+@pytest.mark.slow
 def test_bn_dropout_smoke_runs_end_to_end_and_resumes(bn_smoke):
     workdir, _, text, results = bn_smoke
     assert "| before_bn_0.5 (bernoulli 0.5, conv-drop-bn-relu) | 1 |" in text
@@ -136,14 +137,14 @@ def test_bn_dropout_smoke_runs_end_to_end_and_resumes(bn_smoke):
         assert (workdir / name).stat().st_size > 0
 
 
-def test_a_changed_config_on_a_finished_experiment_is_refused_and_changes_nothing(bn_smoke):
-    workdir, config, _, _ = bn_smoke
+def test_a_changed_config_on_a_finished_experiment_is_refused_and_changes_nothing(blur_smoke):
+    workdir, config, _, _ = blur_smoke
     before = file_digests(workdir)
-    changed = bn_config.get_config("smoke")
+    changed = blur_config.get_config("smoke")
     changed.arms = config.arms
     changed.train.optimizer.lr = 0.5
     with pytest.raises(ConfigError, match=r"seed0 was made by a different config \(optimizer.lr"):
-        bn_dropout.run(changed, str(workdir))
+        blur_pool.run(changed, str(workdir))
     assert file_digests(workdir) == before
 
 
@@ -158,6 +159,7 @@ def test_blur_pool_smoke_runs_end_to_end(blur_smoke):
         assert (workdir / name).stat().st_size > 0
 
 
+@pytest.mark.slow
 def test_notebook_redraws_the_figures_from_results_files(bn_smoke, blur_smoke, tmp_path):
     for name, (workdir, *_) in {"bn_dropout": bn_smoke, "blur_pool": blur_smoke}.items():
         (tmp_path / f"{name}.json").write_text((workdir / "results.json").read_text())

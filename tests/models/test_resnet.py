@@ -212,9 +212,17 @@ def test_bad_cifar_shortcut_names_the_choices():
         )
 
 
-def test_cifar_dropout_positions_act_only_in_training_and_keep_the_parameters():
+@pytest.mark.parametrize(
+    "position",
+    [
+        "before_bn",
+        pytest.param("after_bn", marks=pytest.mark.slow),
+        pytest.param("head", marks=pytest.mark.slow),
+    ],
+)
+def test_cifar_dropout_positions_act_only_in_training_and_keep_the_parameters(position):
     # 16x16 and compiled programs: the property does not depend on the size, and op-by-op
-    # dispatch of seven ResNet-20s costs most of a minute.
+    # dispatch of seven ResNet-20s costs most of a minute. One position by default.
     x = jnp.asarray(np.random.default_rng(0).normal(size=(4, 16, 16, 3)), jnp.float32)
     plain = models.create_model("resnet20", width=4)
     variables = compiled(lambda x: plain.init(jax.random.key(0), x), x)
@@ -223,21 +231,20 @@ def test_cifar_dropout_positions_act_only_in_training_and_keep_the_parameters():
     clean, _ = compiled(
         lambda v, x: plain.apply(v, x, train=True, mutable=["batch_stats"]), variables, x
     )
-    for position in ("after_bn", "before_bn", "head"):
-        for kind in ("bernoulli", "uniform"):
-            model = models.create_model(
-                "resnet20", width=4, dropout_rate=0.5, dropout_position=position, dropout_kind=kind
-            )
-            assert n_params(jax.eval_shape(model.init, jax.random.key(0), x)) == n_params(variables)
-            np.testing.assert_array_equal(
-                compiled(lambda v, x, m=model: m.apply(v, x)[0], variables, x), reference
-            )
-            noisy, _ = compiled(
-                lambda v, x, m=model: m.apply(v, x, train=True, rngs=rngs, mutable=["batch_stats"]),
-                variables,
-                x,
-            )
-            assert not np.allclose(noisy[0], clean[0])
+    for kind in ("bernoulli", "uniform"):
+        model = models.create_model(
+            "resnet20", width=4, dropout_rate=0.5, dropout_position=position, dropout_kind=kind
+        )
+        assert n_params(jax.eval_shape(model.init, jax.random.key(0), x)) == n_params(variables)
+        np.testing.assert_array_equal(
+            compiled(lambda v, x, m=model: m.apply(v, x)[0], variables, x), reference
+        )
+        noisy, _ = compiled(
+            lambda v, x, m=model: m.apply(v, x, train=True, rngs=rngs, mutable=["batch_stats"]),
+            variables,
+            x,
+        )
+        assert not np.allclose(noisy[0], clean[0])
     with pytest.raises(ConfigError, match="unknown dropout position 'middle'"):
         jax.eval_shape(
             models.create_model("resnet20", dropout_position="middle").init, jax.random.key(0), x

@@ -151,7 +151,10 @@ def test_batch_norm_in_training_mode_lets_the_future_leak_through_batch_statisti
     assert not np.allclose(before[:, :50], after[:, :50])
 
 
-@pytest.mark.parametrize("kernel_size,dilations,length", [(3, (1, 2, 4, 8), 64), (2, (1, 3), 24)])
+@pytest.mark.parametrize(
+    "kernel_size,dilations,length",
+    [pytest.param(3, (1, 2, 4, 8), 64, marks=pytest.mark.slow), (2, (1, 3), 24)],
+)
 def test_tcn_receptive_field_from_the_gradient(kernel_size, dilations, length):
     model = TemporalConvNet(kernel_size=kernel_size, dilations=dilations, width=16)
     field = tcn_receptive_field(kernel_size, dilations)

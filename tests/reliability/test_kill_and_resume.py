@@ -43,6 +43,7 @@ def straight(tmp_path_factory, cache_dir):
     return RunOutcome.read(workdir)
 
 
+@pytest.mark.slow  # CI has the SIGTERM and failing-write tests of tests/train/test_loop.py
 def test_kills_inside_a_save_inside_a_metrics_write_and_across_an_epoch(
     tmp_path, cache_dir, straight
 ):

@@ -160,6 +160,7 @@ def test_bad_configs_fail_before_any_work(tmp_path, tiny_config, overrides, matc
     assert not os.path.exists(tmp_path / "checkpoints")
 
 
+@pytest.mark.slow  # compiles a ResNet-20 train step; the override's validation is tested by default
 def test_input_shape_override_trains_the_model_at_that_size(tmp_path, tiny_config):
     # The synthetic 32x32 images are resized to 24x24; ResNet-20 is size-agnostic.
     config = tiny_config(model="resnet20", num_steps=4, batch_size=8, input_shape=(24, 24, 1))
