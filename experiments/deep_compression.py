@@ -24,7 +24,15 @@ import numpy as np
 from cnnjax.analysis.shift_invariance import make_predict
 from cnnjax.compress import fileformat, prune, quantize
 from cnnjax.errors import ConfigError
-from experiments.ablation import Arm, markdown_table, run_ablation, summarize, write_results
+from experiments.ablation import (
+    Arm,
+    check_study_fields,
+    markdown_table,
+    positive_int,
+    run_ablation,
+    summarize,
+    write_results,
+)
 from experiments.common import launch, machine, take
 from experiments.plots import pyplot, save_figures
 
@@ -332,8 +340,6 @@ def report(config, records: list[dict], workdir: str) -> str:
 
 
 def run(config, workdir: str) -> str:
-    from experiments.ablation import check_study_fields, positive_int
-
     check_study_fields(config, {"index_bits": (positive_int, "an integer >= 1")})
     records = []
     for model in _models(config):

@@ -89,11 +89,11 @@ def kmeans_1d(
 def _nearest(values: np.ndarray, centroids: np.ndarray) -> np.ndarray:
     """Index of the nearest centroid of each value (the smaller centroid on a tie), by binary
     search over the sorted centroids: memory O(n), not the O(n k) of a distance matrix."""
+    if len(centroids) == 1:
+        return np.zeros(values.shape, np.int64)
     order = np.argsort(centroids, kind="stable")
     ordered = centroids[order]
     above = np.clip(np.searchsorted(ordered, values), 1, len(ordered) - 1)
-    if len(ordered) == 1:
-        return np.zeros(values.shape, np.int64)
     below = above - 1
     take_below = np.abs(values - ordered[below]) <= np.abs(values - ordered[above])
     return order[np.where(take_below, below, above)]
@@ -164,11 +164,17 @@ def per_layer(name: str, spec, default=None):
     `"fc1/kernel"`); `default` when none does or `spec` is None."""
     if not isinstance(spec, Mapping):
         return default if spec is None else spec
-    module = name.rsplit("/", 1)[0]
     for pattern, value in spec.items():
-        if fnmatch.fnmatchcase(name, pattern) or fnmatch.fnmatchcase(module, pattern):
+        if _matches(name, pattern):
             return value
     return default
+
+
+def _matches(name: str, pattern: str) -> bool:
+    """`pattern` (a glob) matches the leaf `name` or its module."""
+    return fnmatch.fnmatchcase(name, pattern) or fnmatch.fnmatchcase(
+        name.rsplit("/", 1)[0], pattern
+    )
 
 
 # `assignments` leaf of a parameter that is not shared (a scalar keeps the tree's structure).
@@ -196,15 +202,12 @@ def share_params(params, bits, exclude=(), init: str = "linear"):
     names = [leaf_name(path) for path, _ in flat]
     kernels = [n for (n, (_, leaf)) in zip(names, flat) if is_prunable(leaf)]
     for pattern in (*(bits if isinstance(bits, Mapping) else ()), *exclude):
-        if not any(
-            fnmatch.fnmatchcase(n, pattern) or fnmatch.fnmatchcase(n.rsplit("/", 1)[0], pattern)
-            for n in kernels
-        ):
+        if not any(_matches(n, pattern) for n in kernels):
             raise ConfigError(unknown_choice("weight-sharing layer pattern", pattern, kernels))
     shared, assignments = [], []
     for name, (_, leaf) in zip(names, flat):
         width = per_layer(name, bits) if is_prunable(leaf) else None
-        if width is None or any(fnmatch.fnmatchcase(name, p) for p in exclude):
+        if width is None or any(_matches(name, p) for p in exclude):
             shared.append(leaf)
             assignments.append(jnp.asarray(NOT_SHARED, jnp.int32))
             continue
