@@ -24,7 +24,7 @@ from cnnjax.errors import ConfigError
 from cnnjax.train.checkpoint import config_differences
 from cnnjax.train.config import schema_defaults, validate_config
 from cnnjax.train.files import write_json_atomic
-from cnnjax.train.loop import TrainedRun, print_progress, train
+from cnnjax.train.loop import TrainedRun, check_workdir, print_progress, train
 
 
 @dataclasses.dataclass(frozen=True)
@@ -90,6 +90,7 @@ def run_ablation(
         raise ConfigError(f"seeds must be unique and at least one, got {list(seeds)}")
     # Every run's config is checked before the first one starts: a bad arm or seed found after
     # hours of training (or after making its folder) would waste them.
+    check_workdir(workdir)
     configs = {}
     for arm in arms:
         for seed in seeds:

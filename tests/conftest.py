@@ -1,13 +1,46 @@
 """Shared fixtures: tiny configs on synthetic data, and the offline TFDS folder when present."""
 
+import atexit
 import hashlib
 import os
 import pathlib
+import shutil
+import subprocess
+import sys
+import tempfile
 
-import hypothesis
-import pytest
+# One persistent XLA compilation cache for the whole run, set before jax is imported so that the
+# xdist workers and every subprocess a test starts inherit it: most tests jit fresh closures of
+# programs another test (or process) already compiled, and on 2 CPU cores compiling is most of the
+# suite's time. The cache keys an executable by its HLO and compile options, so only an identical
+# program is reused. The process that made the folder removes it; set JAX_COMPILATION_CACHE_DIR
+# yourself to keep one across runs.
+if not os.environ.get("JAX_COMPILATION_CACHE_DIR"):
+    _cache = tempfile.mkdtemp(prefix="cnnjax-tests-xla-cache-")
+    atexit.register(shutil.rmtree, _cache, ignore_errors=True)
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = _cache
+    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "-1")
 
-from cnnjax.train.config import base_config
+# XLA's CPU fusion emitters cost most of a tiny program's compile time (0.16 -> 0.08 s for a
+# small conv gradient); the suite compiles ~thousands of tiny programs, so it uses the classic
+# emitters, whose numerics the tests' tolerances cover alike. Only when the installed XLA knows
+# the flag (an unknown one aborts XLA), and never over XLA_FLAGS that someone set: `XLA_FLAGS=
+# pytest` runs the suite with XLA's defaults.
+FAST_COMPILE_FLAGS = "--xla_cpu_use_fusion_emitters=false"
+if "XLA_FLAGS" not in os.environ:
+    _probe = "import jax; jax.jit(lambda x: x + 1)(1.0).block_until_ready()"
+    _known = subprocess.run(
+        [sys.executable, "-c", _probe],
+        env={**os.environ, "XLA_FLAGS": FAST_COMPILE_FLAGS, "JAX_PLATFORMS": "cpu"},
+        capture_output=True,
+    )
+    os.environ["XLA_FLAGS"] = FAST_COMPILE_FLAGS if _known.returncode == 0 else ""
+
+import hypothesis  # noqa: E402
+import pytest  # noqa: E402
+
+from cnnjax.train.config import base_config  # noqa: E402
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 

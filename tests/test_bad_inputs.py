@@ -168,7 +168,7 @@ TABLE = [
     ("experiments.bn_dropout", [*BN, "--config.train.optimizer.lr=-1"],
      ("optimizer.lr must be a finite number > 0, got -1.0",)),
     ("experiments.bn_dropout", ["--config=configs/experiments/bn_dropout.py", "--workdir={file}"],
-     ("cannot create workdir '{file}/",)),
+     ("workdir '{file}' is a file, not a folder",)),
     *config_file_rows("experiments.blur_pool"),
     ("experiments.blur_pool", ["--config=configs/experiments/blur_pool.py:cpuu", FRESH],
      ("'cpuu'", "did you mean 'cpu'?")),

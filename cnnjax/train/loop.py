@@ -147,6 +147,25 @@ class _PreemptionRequests:
             self._previous = None
 
 
+def check_workdir(workdir: str) -> None:
+    """Checks, creating nothing, that `workdir` is or can become a writable folder: the cheap
+    check made before any data is read or program compiled (`prepare_workdir` makes it later).
+
+    Raises:
+      ConfigError: `workdir` is a file, lies under a file, or under a folder it cannot write.
+    """
+    if os.path.exists(workdir) and not os.path.isdir(workdir):
+        raise ConfigError(f"workdir {workdir!r} is a file, not a folder")
+    ancestor = os.path.abspath(workdir)
+    while not os.path.exists(ancestor):
+        ancestor = os.path.dirname(ancestor)
+    if not os.path.isdir(ancestor):
+        raise ConfigError(f"cannot create workdir {workdir!r}: Not a directory")
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        what = "is not writable" if ancestor == os.path.abspath(workdir) else "cannot be created"
+        raise ConfigError(f"workdir {workdir!r} {what} ({ancestor} is not writable)")
+
+
 def prepare_workdir(workdir: str) -> None:
     """Creates `workdir` (and its parents) or checks that it is a writable folder.
 
@@ -187,6 +206,7 @@ def train(
     A run whose last checkpoint is already the final step only restores it and evaluates.
     """
     validate_config(config)
+    check_workdir(workdir)
     spec = dataset_spec(config.dataset)
     info = models.model_info(config.model)
     model = models.create_model(
