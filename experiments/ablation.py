@@ -70,6 +70,7 @@ def run_ablation(
     seeds: Sequence[int],
     workdir: str,
     measure: Callable[[TrainedRun, Arm], dict] | None = None,
+    remeasure: bool = False,
 ) -> list[dict]:
     """Trains and measures every arm x seed not finished yet; returns all records.
 
@@ -79,6 +80,8 @@ def run_ablation(
       seeds: `config.seed` values (model init, data order, augmentation and dropout).
       workdir: experiment folder.
       measure: extra measurements of a trained run, merged into its record.
+      remeasure: also measure the finished runs again (their checkpoints restored, nothing
+        trained; the training fields of their records kept): for a changed measurement.
 
     Returns:
       One dict per run: arm, seed, test loss/accuracy, wall seconds and the measurements.
@@ -104,7 +107,12 @@ def run_ablation(
             result_path = os.path.join(run_dir, "result.json")
             if os.path.exists(result_path):
                 with open(result_path) as f:
-                    records.append(json.load(f))
+                    record = json.load(f)
+                if remeasure and measure is not None:
+                    print_progress(f"== {arm.name} seed {seed}: measuring again ({run_dir})")
+                    record.update(measure(train(configs[arm.name, seed], run_dir), arm))
+                    write_json_atomic(result_path, record)
+                records.append(record)
                 continue
             print_progress(f"== {arm.name} seed {seed} ({run_dir})")
             config = configs[arm.name, seed]

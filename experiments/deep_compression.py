@@ -88,7 +88,7 @@ def _stage_overrides(workdir: str, model: str, stage: str, seed: int) -> dict:
     return {"init_from.workdir": os.path.join(workdir, model, previous, f"seed{seed}")}
 
 
-def file_measurements(path: str, run, train_config, variables, bits, index_bits: int) -> dict:
+def file_measurements(path: str, run, train_config, variables, bits, index_bits) -> dict:
     """Writes `variables` to `path` (and a fixed-width copy to measure and delete), reads the file
     back and measures: sizes, rates and the test accuracy of the model from the file."""
     fields = {
@@ -152,6 +152,7 @@ def _layer_rows(report: list[dict], fixed: list[dict]) -> list[dict]:
             {
                 "layer": entry["name"].removeprefix("params/").removesuffix("/kernel"),
                 "encoding": entry["encoding"],
+                "index_width": entry["index_bits"],
                 "weights": entry["weights"],
                 "kept": entry["nonzero"],
                 "value_bits": 8 * _value_bytes(parts) / kept,
@@ -181,7 +182,7 @@ def measure(run, config, model: str, stage: str, seed: int, workdir: str) -> dic
     variables = {"params": params, "batch_stats": run.state.batch_stats}
     os.makedirs(os.path.join(workdir, "files"), exist_ok=True)
     path = os.path.join(workdir, "files", f"{model}_{stage}_seed{seed}.cnnz")
-    record = file_measurements(path, run, train_config, variables, bits, config.index_bits)
+    record = file_measurements(path, run, train_config, variables, bits, config.index_bits or None)
     if stage != "shared":  # only the final file is kept
         os.remove(path)
     record["kept_fraction"] = _kept(params)
@@ -208,6 +209,7 @@ def run_model(config, model: str, workdir: str) -> list[dict]:
                 lambda run, arm, stage=stage, seed=seed: measure(
                     run, config, model, stage, seed, workdir
                 ),
+                remeasure=config.remeasure,
             )
     for record in records:
         record["model"], record["stage"] = record["arm"].split("/")
@@ -220,9 +222,9 @@ def layer_table(model: str, records: list[dict]) -> str:
     runs = [r for r in records if r["model"] == model and r["stage"] == "shared"]
     names = [row["layer"] for row in runs[0]["layers"]]
     lines = [
-        "| layer | weights | kept (%) | value bits P+Q | value bits P+Q+H | index bits P+Q | "
-        "index bits P+Q+H | size P+Q (% of 32-bit) | size P+Q+H (% of 32-bit) |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| layer | weights | kept (%) | value bits P+Q | value bits P+Q+H | index width | "
+        "index bits P+Q | index bits P+Q+H | size P+Q (% of 32-bit) | size P+Q+H (% of 32-bit) |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for i, name in enumerate([*names, "total"]):
         if name == "total":
@@ -234,17 +236,19 @@ def layer_table(model: str, records: list[dict]) -> str:
             return float(np.mean([row[key] for row in rows]))
 
         weights = rows[0]["weights"]
+        widths = sorted({row.get("index_width") for row in rows} - {None})
+        width = "-".join(map(str, dict.fromkeys([widths[0], widths[-1]]))) if widths else "-"
         lines.append(
             f"| {name} | {weights:,} | {100 * mean('kept') / weights:.1f} | "
-            f"{mean('value_bits_fixed'):.1f} | {mean('value_bits'):.1f} | "
+            f"{mean('value_bits_fixed'):.1f} | {mean('value_bits'):.1f} | {width} | "
             f"{mean('index_bits_fixed'):.1f} | {mean('index_bits'):.1f} | "
             f"{100 * mean('bytes_fixed') / (4 * weights):.2f}% "
             f"({4 * weights / mean('bytes_fixed'):.0f}x) | "
             f"{100 * mean('bytes') / (4 * weights):.2f}% ({4 * weights / mean('bytes'):.0f}x) |"
         )
     published = [
-        f"| {p[0]} (Han et al.) | {p[1]} | {p[2]} | {p[3]} | {p[4]} | {p[5]} | {p[6]} | {p[7]} | "
-        f"{p[8]} |"
+        f"| {p[0]} (Han et al.) | {p[1]} | {p[2]} | {p[3]} | {p[4]} | {p[5]} | {p[5]} | {p[6]} | "
+        f"{p[7]} | {p[8]} |"
         for p in PUBLISHED[model]["layers"]
     ]
     return "\n".join(lines + published)
@@ -323,7 +327,7 @@ def report(config, records: list[dict], workdir: str) -> str:
         "that of the model from the file. Rate, whole file = 4 bytes x every parameter / the "
         "file's size (header, biases, codebooks, Huffman tables counted); rate, kernels = what "
         "Han et al. report: 32-bit kernel weights against the bytes stored for the kernels "
-        f"(values, {config.index_bits}-bit relative indices, codebooks and tables). Published: "
+        f"(values, {_index_words(config.index_bits)}, codebooks and tables). Published: "
         + "; ".join(
             f"{m}: {p['reference_error']}% -> {p['compressed_error']}% error at {p['rate']}x"
             for m, p in PUBLISHED.items()
@@ -339,8 +343,23 @@ def report(config, records: list[dict], workdir: str) -> str:
     return write_results(workdir, header, tables, payload)
 
 
+def _index_words(index_bits: int) -> str:
+    if index_bits:
+        return f"{index_bits}-bit relative indices"
+    widths = fileformat.INDEX_WIDTHS
+    return (
+        f"relative indices of the width ({widths[0]}-{widths[-1]} bits) that is smallest per layer"
+    )
+
+
 def run(config, workdir: str) -> str:
-    check_study_fields(config, {"index_bits": (positive_int, "an integer >= 1")})
+    check_study_fields(
+        config,
+        {
+            "index_bits": (lambda v: v == 0 or positive_int(v), "0 (each layer's best) or >= 1"),
+            "remeasure": (lambda v: isinstance(v, bool), "True or False"),
+        },
+    )
     records = []
     for model in _models(config):
         records += run_model(config, model, workdir)

@@ -1,8 +1,9 @@
 """The compressed model file: everything needed to rebuild a model's variables, and nothing else.
 
-Layout: the 8 bytes `CNNJAXZ1`, a little-endian uint32 header length, the header (compact UTF-8
-JSON: format version, model name and fields, class count, input shape and preprocessing, and one
-entry per array saying how it is encoded and where its blobs lie), then the blobs. The
+Layout: the 8 bytes `CNNJAXZ1`, a little-endian uint32 header length, the header (zlib-compressed
+compact UTF-8 JSON: format version, model name and fields, class count, input shape and
+preprocessing, and one entry per array saying how it is encoded and where its blobs lie), then the
+blobs. Format 1 (the same with an uncompressed header) still reads. The
 compression rate is `4 * (number of parameters) / (file size)`: the float32 dense parameters
 against every byte of the file, header, biases, BatchNorm statistics, codebooks and Huffman
 tables included.
@@ -15,7 +16,9 @@ layout of Caffe and PyTorch), which keeps each neuron's kept inputs together:
 * "shared": every entry as an index into a codebook of the array's distinct values (at most
   `2**bits` of them: run k-means weight sharing first), Huffman coded.
 * "sparse": the nonzero entries as relative indices (gaps of `1 .. 2**index_bits`, Huffman coded,
-  with filler entries for longer gaps, Han et al. 2016 Fig. 2) and their float32 values.
+  with filler entries for longer gaps, Han et al. 2016 Fig. 2) and their float32 values. Unless
+  told, each array takes the index width (2 .. 10 bits) that makes it smallest: a narrow width
+  spends fillers on long gaps, a wide one spends bits on every short one.
 * "sparse_shared": relative indices as above, and codebook indices for the values, both Huffman
   coded; fillers take the extra symbol `len(codebook)` (the paper stores a zero weight there).
 
@@ -29,6 +32,7 @@ import json
 import math
 import os
 import struct
+import zlib
 from collections.abc import Mapping
 from typing import Any
 
@@ -40,7 +44,9 @@ from cnnjax.compress.quantize import per_layer
 from cnnjax.errors import CheckpointError, ConfigError
 
 MAGIC = b"CNNJAXZ1"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+READABLE_FORMATS = (1, 2)  # 1: the header is plain JSON
+INDEX_WIDTHS = tuple(range(2, 11))  # searched when no index width is given
 ENCODINGS = ("raw", "shared", "sparse", "sparse_shared")
 
 
@@ -86,8 +92,9 @@ def _decode(entry: dict, table: bytes, stream: bytes) -> np.ndarray:
     return coding.huffman_decode(stream, entry["bits"], lengths, entry["count"])
 
 
-def _encodings(values: np.ndarray, bits: int | None, index_bits: int, huffman: bool, name: str):
-    """Candidate encodings of one array: `[(encoding, fields, {blob name: bytes})]`."""
+def _encodings(values: np.ndarray, bits: int | None, widths, huffman: bool, name: str):
+    """Candidate encodings of one array: `[(encoding, fields, {blob name: bytes})]`, the sparse
+    ones once per relative-index width in `widths`."""
     flat = values.reshape(-1)
     candidates = [("raw", {}, {"values": flat.astype(flat.dtype.newbyteorder("<")).tobytes()})]
     nonzero = np.flatnonzero(flat)
@@ -107,36 +114,44 @@ def _encodings(values: np.ndarray, bits: int | None, index_bits: int, huffman: b
             blobs = {"codebook": full.astype("<f4").tobytes(), "weight_table": table}
             candidates.append(("shared", {"weights": entry}, {**blobs, "weight_stream": stream}))
     if nonzero.size < flat.size:
-        gaps, is_filler = coding.encode_gaps(nonzero, index_bits)
-        gap_entry, gap_table, gap_stream = _code(gaps - 1, 2**index_bits, huffman)
-        index_blobs = {"gap_table": gap_table, "gap_stream": gap_stream}
-        fields = {"index_bits": index_bits, "gaps": gap_entry}
-        positions = coding.decode_gaps(gaps, is_filler)
-        stored = np.zeros(gaps.size, flat.dtype)
-        stored[~is_filler] = flat[positions]
+        for index_bits in widths:
+            candidates += _sparse_encodings(flat, nonzero, codebook, index_bits, huffman)
+    return candidates
+
+
+def _sparse_encodings(flat, nonzero, codebook, index_bits: int, huffman: bool) -> list:
+    """The "sparse" (and, given a codebook, "sparse_shared") candidates at one index width."""
+    candidates = []
+    gaps, is_filler = coding.encode_gaps(nonzero, index_bits)
+    gap_entry, gap_table, gap_stream = _code(gaps - 1, 2**index_bits, huffman)
+    index_blobs = {"gap_table": gap_table, "gap_stream": gap_stream}
+    fields = {"index_bits": index_bits, "gaps": gap_entry}
+    positions = coding.decode_gaps(gaps, is_filler)
+    stored = np.zeros(gaps.size, flat.dtype)
+    stored[~is_filler] = flat[positions]
+    candidates.append(
+        (
+            "sparse",
+            fields,
+            {**index_blobs, "values": stored.astype(stored.dtype.newbyteorder("<")).tobytes()},
+        )
+    )
+    if codebook is not None:
+        symbols = np.full(gaps.size, codebook.size, np.int64)  # fillers: the extra symbol
+        symbols[~is_filler] = np.searchsorted(codebook, flat[positions])
+        entry, table, stream = _code(symbols, codebook.size + 1, huffman)
         candidates.append(
             (
-                "sparse",
-                fields,
-                {**index_blobs, "values": stored.astype(stored.dtype.newbyteorder("<")).tobytes()},
+                "sparse_shared",
+                {**fields, "weights": entry},
+                {
+                    **index_blobs,
+                    "codebook": codebook.astype("<f4").tobytes(),
+                    "weight_table": table,
+                    "weight_stream": stream,
+                },
             )
         )
-        if codebook is not None:
-            symbols = np.full(gaps.size, codebook.size, np.int64)  # fillers: the extra symbol
-            symbols[~is_filler] = np.searchsorted(codebook, flat[positions])
-            entry, table, stream = _code(symbols, codebook.size + 1, huffman)
-            candidates.append(
-                (
-                    "sparse_shared",
-                    {**fields, "weights": entry},
-                    {
-                        **index_blobs,
-                        "codebook": codebook.astype("<f4").tobytes(),
-                        "weight_table": table,
-                        "weight_stream": stream,
-                    },
-                )
-            )
     return candidates
 
 
@@ -165,8 +180,9 @@ def save(
       preprocess: how inputs must be prepared (e.g. `{"mean": ..., "std": ..., "fit": "pad"}`).
       bits: codebook bits, one int for every kernel or `{glob: bits}` (None: values stay float).
         A kernel given bits must hold at most `2**bits` distinct values.
-      index_bits: relative-index bits, an int or `{glob: bits}`; default 8 for convolutions and
-        5 for dense kernels (Han et al. 2016, Sec. 3).
+      index_bits: relative-index bits, an int or `{glob: bits}` (Han et al. 2016 used 8 for
+        convolutions and 5 for dense kernels); None, or a layer no glob matches: the width in
+        `INDEX_WIDTHS` that stores that layer in the fewest bytes.
       huffman: Huffman-code the symbols (else a fixed width per symbol).
 
     Returns:
@@ -191,16 +207,20 @@ def save(
             layer_bits = per_layer(name, bits) if is_kernel else None
             if layer_bits is not None and (not isinstance(layer_bits, int) or layer_bits < 1):
                 raise ConfigError(f"bits of {name} must be an integer >= 1, got {layer_bits!r}")
-            default_index = 8 if values.ndim == 4 else 5
-            layer_index = int(per_layer(name, index_bits, default_index))
-            if layer_index < 1:
-                raise ConfigError(f"index_bits of {name} must be >= 1, got {layer_index}")
+            layer_index = per_layer(name, index_bits) if index_bits is not None else None
+            if layer_index is not None and (
+                not isinstance(layer_index, int) or isinstance(layer_index, bool) or layer_index < 1
+            ):
+                raise ConfigError(
+                    f"index_bits of {name} must be an integer >= 1, got {layer_index!r}"
+                )
+            widths = INDEX_WIDTHS if layer_index is None else (layer_index,)
             # Kernels are scanned filter by filter (output axis first, as Caffe and PyTorch lay
             # them out): a neuron's kept inputs cluster (MNIST's border pixels are pruned in
             # every column of LeNet-300-100's fc1), which gives the relative indices short,
             # peaked gaps; row-major HWIO / (in, out) order interleaves the filters.
             scanned = np.moveaxis(values, -1, 0) if values.ndim > 1 else values
-            candidates = _encodings(scanned, layer_bits, layer_index, huffman, name)
+            candidates = _encodings(scanned, layer_bits, widths, huffman, name)
             encoding, fields, parts = min(candidates, key=lambda c: sum(map(len, c[2].values())))
             entry = {
                 "collection": collection,
@@ -221,11 +241,11 @@ def save(
                     "weights": int(values.size),
                     "nonzero": int(np.count_nonzero(values)),
                     "bits": layer_bits,
-                    "index_bits": layer_index if encoding.startswith("sparse") else None,
+                    "index_bits": fields.get("index_bits"),
                     "bytes": {part: len(data) for part, data in parts.items()},
                 }
             )
-    text = json.dumps(header, separators=(",", ":")).encode()
+    text = zlib.compress(json.dumps(header, separators=(",", ":")).encode(), 9)
     tmp = path + ".tmp"
     with open(tmp, "wb") as f:
         f.write(MAGIC + struct.pack("<I", len(text)) + text)
@@ -249,14 +269,16 @@ def read_header(path: str) -> tuple[dict, int]:
             if len(start) < 12 or start[:8] != MAGIC:
                 raise CheckpointError(f"{path} is not a cnnjax compressed model (no {MAGIC!r})")
             (length,) = struct.unpack("<I", start[8:])
-            header = json.loads(f.read(length).decode())
+            text = f.read(length)
+        header = json.loads(text if text[:1] == b"{" else zlib.decompress(text))
     except FileNotFoundError:
         raise CheckpointError(f"compressed model {path} does not exist") from None
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+    except (UnicodeDecodeError, json.JSONDecodeError, zlib.error) as error:
         raise CheckpointError(f"{path}: damaged header ({error})") from None
-    if header.get("format") != FORMAT_VERSION:
+    if header.get("format") not in READABLE_FORMATS:
         raise CheckpointError(
-            f"{path}: format {header.get('format')!r}, this cnnjax reads {FORMAT_VERSION}"
+            f"{path}: format {header.get('format')!r}, this cnnjax reads "
+            + ", ".join(map(str, READABLE_FORMATS))
         )
     return header, 12 + length
 

@@ -8,13 +8,14 @@ For each model and seed, three training runs, each starting from the previous on
 of Han et al.'s Tables 2 and 3 on the gradual schedule of Zhu & Gupta, retraining as it prunes)
 and `shared` (per-layer k-means weight sharing, linear init, centroids fine-tuned with the
 pruned weights held at zero). The shared model is then written as a compressed file
-(`cnnjax.compress.save`: relative indices of 5 bits, Huffman coded), read back and evaluated.
+(`cnnjax.compress.save`: relative indices of each layer's best width, Huffman coded), read back
+and evaluated. `--config.remeasure=True` measures finished runs again without training.
 
 Sizes: `smoke` (synthetic data, 8 steps a stage, seconds; the test suite runs it), `cpu`
 (MNIST, SGD as Caffe's LeNet solver, 20 + 10 + 4 epochs for LeNet-300-100 and 15 + 10 + 4 for
 lenet5_caffe, 3 seeds; 66 minutes on a 2-core CPU: 3.6 per LeNet-300-100 seed, 18.4 per
-lenet5_caffe seed; results in experiments/results/deep_compression.md: about 33x for the whole
-file and 36-37x for the kernels at 1.4% / 0.6% error) and
+lenet5_caffe seed; results in experiments/results/deep_compression.md: 36x and 35x for the whole
+file, 39x and 37x for the kernels, at 1.4% / 0.6% error) and
 `paper` (3x the epochs and Han et al.'s prune-retrain cycles: 3 iterative rounds; for an
 accelerator). Targets (issue 18): LeNet-300-100 at >= 35x with <= 1.8% test error; Han et al.
 report 40x at 1.58% and 39x at 0.74% (lenet5_caffe).
@@ -103,7 +104,10 @@ def get_config(arg="smoke"):
     c.size = arg
     c.models = ",".join(MODELS)
     c.seeds = size["seeds"]
-    c.index_bits = 5  # relative-index bits of every layer (Han et al.'s Tables 2 and 3)
+    # Relative-index bits of every layer; 0: each layer the width that stores it smallest (Han et
+    # al.'s Tables 2 and 3 use 5 everywhere).
+    c.index_bits = 0
+    c.remeasure = False  # True: measure the finished runs again (a changed file format)
     c.stages = ml_collections.ConfigDict()
     for model in MODELS:
         for stage in STAGES:

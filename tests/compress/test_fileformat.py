@@ -1,7 +1,9 @@
 """The compressed model file: exact round trips, every byte counted, damaged files refused."""
 
+import json
 import os
 import struct
+import zlib
 
 import hypothesis.extra.numpy as hnp
 import jax
@@ -71,6 +73,28 @@ def test_round_trip_is_exact_and_the_rate_counts_every_byte(tmp_path, huffman):
     assert encodings["params/conv1/kernel"] in ("sparse", "raw")  # no bits: float values
 
 
+def test_each_layer_takes_the_index_width_that_stores_it_smallest(tmp_path):
+    variables = pruned_shared_lenet()
+    bits = {"conv2": 5, "ip1": 5}
+
+    def layer_bytes(index_bits):
+        report = compress.save(
+            str(tmp_path / "m.cnnz"), "m", variables, bits=bits, index_bits=index_bits
+        )
+        return {r["name"]: (sum(r["bytes"].values()), r["index_bits"]) for r in report}
+
+    chosen = layer_bytes(None)
+    for width in fileformat.INDEX_WIDTHS:
+        for name, (size, _) in layer_bytes(width).items():
+            assert chosen[name][0] <= size, (name, width)
+    widths = {name: w for name, (_, w) in chosen.items() if w is not None}
+    assert widths and set(widths.values()) <= set(fileformat.INDEX_WIDTHS)
+    # A glob fixes a layer's width; the others are still searched.
+    fixed = layer_bytes({"ip1*": 3})
+    assert fixed["params/ip1/kernel"][1] == 3
+    assert all(fixed[n] == chosen[n] for n in chosen if "ip1" not in n)
+
+
 def test_huffman_beats_fixed_width_on_peaked_weights(tmp_path):
     rng = np.random.default_rng(0)
     codebook = np.linspace(-1, 1, 16).astype(np.float32)
@@ -123,10 +147,21 @@ def test_too_many_distinct_values_and_damaged_files_are_refused(tmp_path):
     (tmp_path / "short").write_bytes(data[:-10])
     with pytest.raises(CheckpointError, match="truncated"):
         compress.load(str(tmp_path / "short"))
-    newer = data[:12] + data[12:].replace(b'"format":1', b'"format":9', 1)
-    (tmp_path / "newer").write_bytes(newer)
-    with pytest.raises(CheckpointError, match="format 9, this cnnjax reads 1"):
-        compress.load(str(tmp_path / "newer"))
+    (length,) = struct.unpack("<I", data[8:12])
+    header, blobs = json.loads(zlib.decompress(data[12 : 12 + length])), data[12 + length :]
+
+    def with_header(name, text):
+        (tmp_path / name).write_bytes(data[:8] + struct.pack("<I", len(text)) + text + blobs)
+        return str(tmp_path / name)
+
+    # Format 1 stored the same header uncompressed: it still reads.
+    plain = json.dumps({**header, "format": 1}).encode()
+    assert_same(compress.load(with_header("format1", plain))[1], variables)
+    newer = zlib.compress(json.dumps({**header, "format": 9}).encode())
+    with pytest.raises(CheckpointError, match="format 9, this cnnjax reads 1, 2"):
+        compress.load(with_header("newer", newer))
+    with pytest.raises(CheckpointError, match="damaged header"):
+        compress.load(with_header("garbled", b"x" + newer))
     with pytest.raises(CheckpointError, match="does not exist"):
         compress.load(str(tmp_path / "absent"))
     assert struct.unpack("<I", data[8:12])[0] < len(data)

@@ -16,6 +16,7 @@ from cnnjax.errors import ConfigError
 from configs.experiments import deep_compression as dc_config
 from experiments import deep_compression
 from experiments.ablation import markdown_table, summarize
+from tests.conftest import file_digests
 
 
 @pytest.fixture(
@@ -30,11 +31,18 @@ def smoke(request, tmp_path_factory):
     stamps = {p: os.path.getmtime(p) for p in workdir.glob("*/*/seed*/result.json")}
     deep_compression.run(config, str(workdir))  # every run is finished: nothing retrains
     assert stamps == {p: os.path.getmtime(p) for p in workdir.glob("*/*/seed*/result.json")}
-    return workdir, config, text, json.loads((workdir / "results.json").read_text())
+    before = json.loads((workdir / "results.json").read_text())
+    checkpoints = {p: file_digests(p) for p in workdir.glob("*/*/seed*/checkpoints")}
+    # Measured again with 3-bit relative indices: new measurements, the training untouched.
+    config.remeasure, config.index_bits = True, 3
+    text = deep_compression.run(config, str(workdir))
+    assert checkpoints == {p: file_digests(p) for p in workdir.glob("*/*/seed*/checkpoints")}
+    results = json.loads((workdir / "results.json").read_text())
+    return workdir, config, text, results, before
 
 
 def test_each_stage_starts_from_the_last_and_the_file_is_the_shared_model(smoke):
-    workdir, config, text, results = smoke
+    workdir, config, text, results, _ = smoke
     models = config.models.split(",")
     assert [(r["model"], r["stage"]) for r in results["runs"]] == [
         (m, s) for m in models for s in deep_compression.STAGES
@@ -54,6 +62,16 @@ def test_each_stage_starts_from_the_last_and_the_file_is_the_shared_model(smoke)
         assert not (workdir / "files" / f"{model}_dense_seed0.cnnz").exists()
     assert "Per layer, lenet300_100" in text and "ip1 (Han et al.)" in text
     assert (workdir / "rate_vs_error.png").stat().st_size > 0
+
+
+def test_remeasuring_keeps_the_training_and_redoes_the_measurements(smoke):
+    _, _, _, results, before = smoke
+    for old, new in zip(before["runs"], results["runs"], strict=True):
+        for key in ("arm", "seed", "test_accuracy", "steps", "wall_seconds"):
+            assert new[key] == old[key]
+        if new["stage"] != "dense":  # dense kernels have no relative indices
+            assert {layer["index_width"] for layer in new["layers"]} - {None} == {3}, new["arm"]
+            assert any(layer["index_width"] != 3 for layer in old["layers"])
 
 
 def test_unknown_models_are_refused_before_anything_runs(tmp_path):
