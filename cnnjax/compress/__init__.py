@@ -1,5 +1,6 @@
 """Model compression: pruning (`prune`), weight sharing and quantization (`quantize`), entropy
-coding (`coding`) and the compressed file (`fileformat`: `save`, `load`, `compression_rate`).
+coding (`coding`), the compressed file (`fileformat`: `save`, `load`, `compression_rate`) and
+low-rank factorization by truncated SVD (`low_rank`).
 
 `save` and `load` are imported on first use: the training loop imports `cnnjax.compress.prune`,
 and importing this package must not pull the file format (and what it imports) in with it.
