@@ -86,6 +86,16 @@ def base_config() -> ml_collections.ConfigDict:
             reinit=(),  # globs of parameters left at their fresh init (e.g. a new "output")
         )
     )
+    # Knowledge distillation (Hinton et al. 2015; cnnjax.train.losses.distillation_loss): a
+    # finished run of the same dataset as the teacher, its logits the soft targets.
+    c.distill = ml_collections.ConfigDict(
+        dict(
+            teacher="",  # run folder of the teacher; "" = no distillation
+            checkpoint="latest",  # "latest" | "best"
+            temperature=4.0,  # T of the softmax of both nets' logits
+            soft_weight=0.9,  # weight of the T^2-scaled soft term; the rest on the labels
+        )
+    )
     # Parameter groups of the optimizer (cnnjax.train.optim.parameter_groups), globs over names.
     c.param_groups = ml_collections.ConfigDict(
         dict(
@@ -181,6 +191,12 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
             config.init_from.checkpoint,
             CHECKPOINTS,
         ),
+        (
+            config.distill.checkpoint in CHECKPOINTS,
+            "distill.checkpoint",
+            config.distill.checkpoint,
+            CHECKPOINTS,
+        ),
     ]
     for ok, key, value, choices in checks:
         if not ok:
@@ -239,6 +255,8 @@ _RANGES = (
     ("prune.frequency", lambda v: _integer(v) and v >= 1, "an integer >= 1"),
     ("prune.rounds", lambda v: _integer(v) and v >= 1, "an integer >= 1"),
     ("share.bits", lambda v: _integer(v) and 0 <= v <= 16, "an integer in [0, 16] (0 = off)"),
+    ("distill.temperature", lambda v: _finite(v) and v > 0, "a finite number > 0"),
+    ("distill.soft_weight", lambda v: _finite(v) and 0 <= v <= 1, "in [0, 1]"),
 )
 
 

@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 from cnnjax import models
 from cnnjax.data import dataset_spec, eval_batches, fit_source, load_source, read_all, train_batches
 from cnnjax.data.pipeline import check_batch_size
-from cnnjax.errors import ConfigError, NonFiniteLossError, Preempted
+from cnnjax.errors import CheckpointError, ConfigError, NonFiniteLossError, Preempted
 from cnnjax.layers.components import resolve_components
 from cnnjax.train.checkpoint import Checkpoints
 from cnnjax.train.config import schema_defaults, validate_config
@@ -33,7 +33,7 @@ from cnnjax.train.optim import (
     sharing_optimizer,
 )
 from cnnjax.train.state import create_train_state, init_variables
-from cnnjax.train.steps import Preprocess, jit_steps
+from cnnjax.train.steps import Distillation, Preprocess, jit_steps
 from cnnjax.train.transfer import merge_variables, read_checkpoint
 
 Hook = Callable[[int, object], None]
@@ -44,6 +44,46 @@ def _prepare_source(config, split: str, input_shape, fit: str):
     if config.data.cache:
         source = read_all(source, desc=f"reading {config.dataset} {split}")
     return fit_source(source, input_shape, fit)
+
+
+def _teacher(config, spec, input_shape, loss: str):
+    """`(Distillation, teacher variables)` of `config.distill.teacher`, or `(None, None)`.
+
+    The teacher is rebuilt from its run's saved config; it must have learned the same dataset
+    on the same inputs (shape and normalization), since it sees the student's batches.
+    """
+    folder = config.distill.teacher
+    if not folder:
+        return None, None
+    if loss != "cross_entropy":
+        raise ConfigError(f"distillation needs the cross_entropy objective, not {loss!r}")
+    saved_path = os.path.join(folder, "config.json")
+    if not os.path.isfile(saved_path):
+        raise CheckpointError(f"distill.teacher: {saved_path} does not exist (a run folder?)")
+    with open(saved_path) as f:
+        saved = json.load(f)
+    teacher_shape = (
+        tuple(saved.get("input_shape") or ()) or models.model_info(saved["model"]).input_shape
+    )
+    ours = (config.dataset, tuple(input_shape), config.data.normalize)
+    theirs = (saved["dataset"], teacher_shape, saved.get("data", {}).get("normalize", True))
+    if ours != theirs:
+        raise ConfigError(
+            f"distill.teacher {folder} learned (dataset, input shape, normalize) = {theirs}, "
+            f"this run has {ours}"
+        )
+    teacher = models.create_model(
+        saved["model"],
+        num_classes=spec.num_classes,
+        **resolve_components(saved.get("model_kwargs", {})),
+    )
+    variables, _ = read_checkpoint(folder, config.distill.checkpoint, field="distill.teacher")
+    distill = Distillation(
+        lambda v, x: teacher.apply(v, x, train=False)[0],
+        config.distill.temperature,
+        config.distill.soft_weight,
+    )
+    return distill, variables
 
 
 def num_train_steps(config, train_size: int) -> int:
@@ -245,7 +285,10 @@ def train(
         config.augment.flip,
         config.data.normalize,
     )
-    train_step, eval_step = jit_steps(preprocess, config.label_smoothing, loss)
+    distill, teacher_variables = _teacher(config, spec, input_shape, loss)
+    train_step, eval_step = jit_steps(
+        preprocess, config.label_smoothing, loss, distill, teacher_variables
+    )
 
     prepare_workdir(workdir)
     resolved = json.loads(config.to_json())

@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
 import optax
 
 from cnnjax.data.augment import augment
-from cnnjax.train.losses import get_loss
+from cnnjax.train.losses import distillation_loss, get_loss
 from cnnjax.train.state import TrainState
 
 
@@ -52,22 +53,43 @@ class Preprocess:
         return (x - jnp.asarray(self.mean, jnp.float32)) / jnp.asarray(self.std, jnp.float32)
 
 
+@dataclasses.dataclass(frozen=True)
+class Distillation:
+    """A teacher's soft targets for `train_step` (Hinton et al. 2015).
+
+    Attributes:
+      apply: `apply(teacher_variables, images) -> logits (B, K)`, in eval mode.
+      temperature: `T` of both softmaxes.
+      soft_weight: weight of the `T^2`-scaled soft term (the rest goes to the labels).
+    """
+
+    apply: Callable
+    temperature: float = 4.0
+    soft_weight: float = 0.9
+
+
 def train_step(
     state: TrainState,
     batch,
+    teacher_variables=None,
     *,
     preprocess: Preprocess,
     label_smoothing: float = 0.0,
     loss: str = "cross_entropy",
+    distill: Distillation | None = None,
 ):
     """One optimizer step on a batch.
 
     Args:
       state: current state (donated by the loop: do not reuse it after the call).
       batch: `{"image": uint8 (B, H, W, C), "label": int32 (B,)}`.
+      teacher_variables: the teacher's variables when distilling (an argument, not a constant
+        folded into the compiled step).
       preprocess: scaling, augmentation and normalization.
       label_smoothing: label-smoothing factor of the loss.
       loss: name of the objective (a key of `cnnjax.train.losses.LOSSES`).
+      distill: when set, the loss is `distillation_loss` against the teacher's logits on the same
+        augmented images (the objective must be "cross_entropy").
 
     Returns:
       `(new_state, {"loss", "accuracy", "grad_norm"})` with scalar float32 metrics.
@@ -77,6 +99,8 @@ def train_step(
     images = preprocess(batch["image"], augment_key)
     objective = get_loss(loss)
     forward_kwargs = {"labels": batch["label"]} if objective.labels_in_forward else {}
+    if distill is not None:
+        teacher_logits = jax.lax.stop_gradient(distill.apply(teacher_variables, images))
 
     def loss_fn(params):
         (logits, intermediates), updates = state.apply_fn(
@@ -87,7 +111,12 @@ def train_step(
             rngs={"dropout": dropout_key},
             **forward_kwargs,
         )
-        losses = objective.fn(logits, intermediates, batch["label"], images, label_smoothing)
+        if distill is None:
+            losses = objective.fn(logits, intermediates, batch["label"], images, label_smoothing)
+        else:
+            losses = distillation_loss(
+                logits, teacher_logits, batch["label"], distill.temperature, distill.soft_weight
+            )
         return losses.mean(), (logits, updates)
 
     (loss_value, (logits, updates)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
@@ -119,13 +148,26 @@ def eval_step(state: TrainState, batch, *, preprocess: Preprocess, loss: str = "
     }
 
 
-def jit_steps(preprocess: Preprocess, label_smoothing: float = 0.0, loss: str = "cross_entropy"):
-    """Jitted `(train_step, eval_step)`; the train step donates its input state."""
+def jit_steps(
+    preprocess: Preprocess,
+    label_smoothing: float = 0.0,
+    loss: str = "cross_entropy",
+    distill: Distillation | None = None,
+    teacher_variables=None,
+):
+    """Jitted `(train_step(state, batch), eval_step)`; the train step donates its input state and
+    passes `teacher_variables` to a distilling step."""
     train = jax.jit(
         functools.partial(
-            train_step, preprocess=preprocess, label_smoothing=label_smoothing, loss=loss
+            train_step,
+            preprocess=preprocess,
+            label_smoothing=label_smoothing,
+            loss=loss,
+            distill=distill,
         ),
         donate_argnums=0,
     )
     evaluate = jax.jit(functools.partial(eval_step, preprocess=preprocess, loss=loss))
-    return train, evaluate
+    if distill is None:
+        return train, evaluate
+    return (lambda state, batch: train(state, batch, teacher_variables)), evaluate

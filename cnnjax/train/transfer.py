@@ -27,8 +27,12 @@ def _names(tree) -> dict[str, np.ndarray]:
     return {"/".join(str(k.key) for k in path): leaf for path, leaf in flat}
 
 
-def read_checkpoint(workdir: str, checkpoint: str = "latest") -> tuple[dict, int]:
+def read_checkpoint(
+    workdir: str, checkpoint: str = "latest", field: str = "init_from"
+) -> tuple[dict, int]:
     """`({"params", "batch_stats"}, step)` of a run folder's latest or best checkpoint.
+
+    `field` is the config field that named the folder, for the error messages.
 
     Raises:
       ConfigError: an unknown `checkpoint` kind.
@@ -36,18 +40,18 @@ def read_checkpoint(workdir: str, checkpoint: str = "latest") -> tuple[dict, int
     """
     if checkpoint not in CHECKPOINTS:
         raise ConfigError(
-            f"init_from.checkpoint must be one of {', '.join(CHECKPOINTS)}, got {checkpoint!r}"
+            f"{field}.checkpoint must be one of {', '.join(CHECKPOINTS)}, got {checkpoint!r}"
         )
     folder = os.path.abspath(
         os.path.join(workdir, "checkpoints" if checkpoint == "latest" else "best")
     )
     if not os.path.isdir(folder):
-        raise CheckpointError(f"init_from: {folder} does not exist (is {workdir!r} a run folder?)")
+        raise CheckpointError(f"{field}: {folder} does not exist (is {workdir!r} a run folder?)")
     manager = ocp.CheckpointManager(folder, options=ocp.CheckpointManagerOptions(create=False))
     try:
         step = manager.latest_step()
         if step is None:
-            raise CheckpointError(f"init_from: no checkpoint in {folder}")
+            raise CheckpointError(f"{field}: no checkpoint in {folder}")
         try:
             restored = manager.restore(
                 step, args=ocp.args.Composite(state=ocp.args.StandardRestore())
@@ -57,7 +61,7 @@ def read_checkpoint(workdir: str, checkpoint: str = "latest") -> tuple[dict, int
         except Exception as error:
             first = (str(error).strip().splitlines() or [type(error).__name__])[0]
             raise CheckpointError(
-                f"init_from: cannot read checkpoint {step} in {folder} ({first})"
+                f"{field}: cannot read checkpoint {step} in {folder} ({first})"
             ) from None
     finally:
         manager.close()
