@@ -30,6 +30,7 @@ MAIN = ["--config=configs/default.py", FRESH]
 RUN = ["--config=configs/default.py", "--workdir={run}", "--config.num_steps=2"]
 BN = ["--config=configs/experiments/bn_dropout.py", FRESH]
 BLUR = ["--config=configs/experiments/blur_pool.py", FRESH]
+COMPRESS = ["--model=lenet5", "--checkpoint={run}", "--out={fresh}"]
 
 
 def config_file_rows(entry, flags_hint=""):
@@ -148,6 +149,22 @@ TABLE = [
     ("cnnjax.bench", ["--model=lenet5", "--num_classes=0"], ("--num_classes=0",)),
     ("cnnjax.bench", ["--model=lenet5", "--input=32,32"],
      ("input shape (32, 32) has 2 dimensions; model 'lenet5' takes 3",)),
+    ("cnnjax.compress", [*COMPRESS, "--method=zip"],
+     ("unknown --method 'zip'", "none, prune, prune_share, share")),
+    ("cnnjax.compress", [*COMPRESS, "--method=prune", "--sparsity=1.0"],
+     ("--sparsity must be in [0, 1), got 1.0",)),
+    ("cnnjax.compress", [*COMPRESS, "--method=share", "--bits=0"],
+     ("--bits must be an integer in [1, 16], got 0",)),
+    ("cnnjax.compress", [*COMPRESS, "--method=none", "--model=lenet300_100"],
+     ("is a checkpoint of 'lenet5', not of --model='lenet300_100'",)),
+    ("cnnjax.compress", [*COMPRESS, "--method=none", "--model=lenet6"],
+     ("unknown model 'lenet6'", "lenet5")),
+    ("cnnjax.compress", ["--model=lenet5", "--checkpoint={absent}", "--method=none",
+                         "--out={fresh}"], ("--checkpoint:", "config.json does not exist")),
+    ("cnnjax.compress", [*COMPRESS, "--method=none", "--out={absent}/x.cnnz"],
+     ("cannot write --out={absent}/x.cnnz", "is not a folder")),
+    ("cnnjax.compress", ["--model=lenet5", "--checkpoint={run}", "--out={fresh}"],
+     ("missing required flag --method",)),
     ("cnnjax.plot", ["--bogus"], ("unknown flag --bogus",)),
     ("cnnjax.plot", [], ("missing argument WORKDIR",)),
     ("cnnjax.plot", ["{absent}"], ("no metrics.jsonl in {absent}",)),

@@ -276,7 +276,7 @@ def train(
     tx = pruning_optimizer(tx, config.prune, variables["params"], num_steps)
     state = create_train_state(model, tx, input_shape, config.seed, variables)
 
-    mean, std = _channel_stats(spec, input_shape[-1])
+    mean, std = channel_stats(spec, input_shape[-1])
     preprocess = Preprocess(
         mean,
         std,
@@ -379,7 +379,8 @@ def train(
     return TrainedRun(result, state, model, preprocess, eval_source, train_source)
 
 
-def _channel_stats(spec, channels: int):
+def channel_stats(spec, channels: int):
+    """The dataset's per-channel mean and std of scaled inputs, for a model of `channels`."""
     if len(spec.mean) == channels:
         return spec.mean, spec.std
     if len(spec.mean) == 1:
