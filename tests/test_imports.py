@@ -36,6 +36,7 @@ RANKS = (
     ("cnnjax.summary", 6),
     ("cnnjax.bench", 6),
     ("cnnjax.plot", 6),
+    ("cnnjax.compress.__main__", 6),  # the `python -m cnnjax.compress` command
     ("experiments", 7),
     ("benchmarks", 7),
     ("docs", 7),
