@@ -187,6 +187,21 @@ def check_study_fields(config: ml_collections.ConfigDict, rules: Mapping[str, tu
             raise ConfigError(f"{key} must be {rule}, got {value!r}")
 
 
+def study_models(config: ml_collections.ConfigDict) -> list[str]:
+    """The models named in `config.models` (comma-separated), each one that `config.stages`
+    (keys `<model>_<stage>`) has a training config for; refused before anything runs."""
+    names = [m.strip() for m in config.models.split(",") if m.strip()]
+    known = sorted({key.rsplit("_", 1)[0] for key in config.stages})
+    for name in names:
+        if name not in known:
+            raise ConfigError(
+                f"unknown model {name!r} in models (valid choices: {', '.join(known)})"
+            )
+    if not names or len(set(names)) != len(names):
+        raise ConfigError(f"models must be unique and at least one, got {config.models!r}")
+    return names
+
+
 def positive_int(value) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= 1
 

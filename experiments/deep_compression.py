@@ -23,13 +23,13 @@ import numpy as np
 
 from cnnjax.analysis.shift_invariance import make_predict
 from cnnjax.compress import fileformat, prune, quantize
-from cnnjax.errors import ConfigError
 from experiments.ablation import (
     Arm,
     check_study_fields,
     markdown_table,
     positive_int,
     run_ablation,
+    study_models,
     summarize,
     write_results,
 )
@@ -66,19 +66,6 @@ PUBLISHED = {
         ],
     ),
 }
-
-
-def _models(config) -> list[str]:
-    names = [m.strip() for m in config.models.split(",") if m.strip()]
-    known = sorted({key.rsplit("_", 1)[0] for key in config.stages})
-    for name in names:
-        if name not in known:
-            raise ConfigError(
-                f"unknown model {name!r} in models (valid choices: {', '.join(known)})"
-            )
-    if not names or len(set(names)) != len(names):
-        raise ConfigError(f"models must be unique and at least one, got {config.models!r}")
-    return names
 
 
 def _stage_overrides(workdir: str, model: str, stage: str, seed: int) -> dict:
@@ -361,7 +348,7 @@ def run(config, workdir: str) -> str:
         },
     )
     records = []
-    for model in _models(config):
+    for model in study_models(config):
         records += run_model(config, model, workdir)
     return report(config, records, workdir)
 

@@ -15,14 +15,19 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import json
+import pathlib
 import sys
 from collections.abc import Callable, Sequence
 
 import flax.linen as nn
 import jax.numpy as jnp
+import numpy as np
 
+from cnnjax import compress
 from cnnjax.analysis.summary import summarize
 from cnnjax.analysis.trace import LayerTable, trace_model
+from cnnjax.compress import low_rank
 from cnnjax.layers import (
     Conv2d,
     ConvBlock,
@@ -33,6 +38,7 @@ from cnnjax.layers import (
 )
 from cnnjax.models.googlenet import InceptionModule
 from docs.tools import worked_answers_text
+from experiments import low_rank as experiments_low_rank
 
 
 @dataclasses.dataclass(frozen=True)
@@ -329,6 +335,83 @@ def factorization_savings() -> list[Answer]:
     ]
 
 
+RESULTS = pathlib.Path(__file__).resolve().parents[2] / "experiments" / "results"
+TRAINED_FILE = RESULTS / "deep_compression" / "lenet300_100_shared_seed0.cnnz"
+
+
+def svd_answers() -> list[Answer]:
+    """The course's SVD question on a trained matrix (LeNet-300-100's fc1 from its checked-in
+    compressed file) and the low-rank study's record (`experiments/results/low_rank.json`)."""
+    _, variables = compress.load(str(TRAINED_FILE))
+    kernel = np.asarray(variables["params"]["fc1"]["kernel"], np.float64)  # (784, 300)
+    a = kernel.T  # y = A x: A maps the 784 inputs to the 300 units
+    u, s, vt = np.linalg.svd(a, full_matrices=False)
+    images = a @ vt.T  # column i: A v_i
+    stretch = np.linalg.norm(images, axis=0) / s
+    cosine = np.sum(images * u, axis=0) / np.linalg.norm(images, axis=0)
+    first, second = low_rank.factor_kernel(kernel.astype(np.float32), 32)
+    m, n = a.shape
+    study = json.loads((RESULTS / "low_rank.json").read_text())
+    runs = [r for r in study["runs"] if r["model"] == "lenet300_100"]
+    rows = [r for r in study["summary"] if r["model"] == "lenet300_100" and r["layer"] == "fc1"]
+    dense_error = float(np.mean([r["dense"]["test_error"] for r in runs]))
+    close = min(
+        (r for r in rows if r["test_error"] <= dense_error + 0.002), key=lambda r: r["rank"]
+    )
+
+    def energy(kind: str) -> float:
+        spectra = [r["spectra"]["fc1_channel"][kind] for r in runs]
+        return float(np.mean([experiments_low_rank.energy_rank(x, 0.9) for x in spectra]))
+
+    trained = (
+        "LeNet-300-100's trained fc1 (300 x 784, `deep_compression/lenet300_100_shared_seed0`)"
+    )
+    study_src = "experiments/results/low_rank.md (MNIST, 3 seeds, no fine-tuning)"
+    return [
+        Answer("||A v_i|| / sigma_i, smallest of the 300", float(stretch.min()), 1, trained, 1e-9),
+        Answer("||A v_i|| / sigma_i, largest of the 300", float(stretch.max()), 1, trained, 1e-9),
+        Answer(
+            "cos(A v_i, u_i), smallest: A v_i lies along u_i", float(cosine.min()), 1, trained, 1e-9
+        ),
+        Answer(
+            "rank-32 factors of fc1: parameters (vs m n = 235,200)",
+            first.size + second.size,
+            32 * (m + n),
+            "r (m + n), the course's 'one big matrix as a product of small ones'",
+        ),
+        Answer(
+            "rank holding 90% of sum sigma_i^2, trained fc1 (of 300)",
+            energy("trained"),
+            None,
+            study_src,
+        ),
+        Answer(
+            "rank holding 90% of sum sigma_i^2, fc1 at initialization",
+            energy("init"),
+            None,
+            study_src,
+        ),
+        Answer(
+            "smallest studied rank of fc1 within 0.2 points of the dense error",
+            close["rank"],
+            None,
+            study_src,
+        ),
+        Answer(
+            f"... its test error (%), against the dense model's {100 * dense_error:.2f}%",
+            round(100 * close["test_error"], 2),
+            None,
+            study_src,
+        ),
+        Answer(
+            "... its fc1 parameters (% of the dense fc1)",
+            round(100 * close["layer_params"] / close["dense_layer_params"], 1),
+            None,
+            study_src,
+        ),
+    ]
+
+
 def depthwise_ratio() -> list[Answer]:
     """Depthwise separable / standard conv cost = 1/N + 1/k^2 (Howard et al. 2017, Eq. 5)."""
     shape, n, k = (14, 14, 512), 512, 3
@@ -410,6 +493,7 @@ def _answer_table(answers: list[Answer]) -> list[str]:
     return lines
 
 
+SVD = "Singular value decomposition of a trained layer"
 CLASSIFIERS = "Classifier parameters: VGG's dense layers vs NiN's global average pooling"
 SECTIONS = [
     ("Output sizes", output_sizes),
@@ -419,6 +503,7 @@ SECTIONS = [
     ("Factorized convolutions", factorization_savings),
     ("Depthwise separable convolution", depthwise_ratio),
     (CLASSIFIERS, classifier_parameters),
+    (SVD, svd_answers),
 ]
 
 

@@ -42,6 +42,15 @@ INTROS = {
         "A 3x3 depthwise conv followed by a 1x1 pointwise conv against a standard 3x3 conv with "
         "the same input and output channels; N = 512 output channels, D_K = 3."
     ),
+    "Singular value decomposition of a trained layer": (
+        "The course's challenge question: any `A (m x n)` is `U Sigma V^T`; the right singular "
+        "vectors `v_i` are orthogonal input directions that `A` only stretches, by `sigma_i`, onto "
+        "the left singular vectors `u_i` (`A v_i = sigma_i u_i`). Checked on a trained weight "
+        "matrix; the compression claim (keep the top `r`: `r (m + n)` numbers instead of `m n`) "
+        "and the spectrum claim (training makes the singular values decay: fewer directions "
+        "carry the layer) are read from the low-rank study's record "
+        "(`cnnjax.compress.low_rank`, experiments/results/low_rank.md)."
+    ),
     "Classifier parameters: VGG's dense layers vs NiN's global average pooling": (
         "VGG-16 (torchvision layout) and the authors' ImageNet NiN (`nin_imagenet`), traced at "
         "224x224."
