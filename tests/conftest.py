@@ -96,6 +96,14 @@ def make_tiny_config(**overrides):
     return c
 
 
+def make_mlp_config(**overrides):
+    """LeNet-300-100 on the tiny config's data (an MLP: compiles in a fraction of a conv net's
+    time), the synthetic 32x32 images resized to its 28x28."""
+    config = make_tiny_config(model="lenet300_100", **overrides)
+    config.data.fit = "resize"
+    return config
+
+
 @pytest.fixture
 def tiny_config():
     return make_tiny_config

@@ -12,6 +12,7 @@ from cnnjax.errors import CheckpointError, ConfigError
 from cnnjax.train import train
 from cnnjax.train.optim import make_grouped_optimizer, parameter_groups
 from cnnjax.train.state import init_variables
+from tests.conftest import make_mlp_config as mlp_config
 from tests.conftest import make_tiny_config
 from tests.train.compile_cache import persistent_compile_cache
 
@@ -178,12 +179,6 @@ def test_fixed_method_keeps_the_zeros_of_the_starting_weights():
         updates, state = tx.update(quadratic_grads(params, target), state, params)
         params = optax.apply_updates(params, updates)
     assert prune.sparsity_report(params)["fc/kernel"]["kept"] == 2160 - round(0.6 * 2160)
-
-
-def mlp_config(**overrides):
-    config = make_tiny_config(model="lenet300_100", **overrides)
-    config.data.fit = "resize"  # the synthetic 32x32 images to 28x28
-    return config
 
 
 @pytest.fixture(scope="module")

@@ -12,14 +12,8 @@ from cnnjax.train.losses import distillation_loss
 from cnnjax.train.metrics import read_metrics
 from cnnjax.train.state import create_train_state
 from cnnjax.train.steps import Distillation, Preprocess, train_step
-from tests.conftest import make_tiny_config
+from tests.conftest import make_mlp_config as mlp_config
 from tests.train.compile_cache import persistent_compile_cache
-
-
-def mlp_config(**overrides):
-    config = make_tiny_config(model="lenet300_100", **overrides)
-    config.data.fit = "resize"  # the synthetic 32x32 images to 28x28
-    return config
 
 
 @pytest.fixture(scope="module")
