@@ -40,6 +40,9 @@ def base_config() -> ml_collections.ConfigDict:
         dict(
             train_split="train",
             eval_split="test",
+            # Also evaluated at every evaluation (records of split "test" in metrics.jsonl) when
+            # eval_split is a validation split, e.g. "train[55000:]"; "" = none.
+            test_split="",
             fit="",  # "pad" | "resize" to the model input; "" = the dataset's default
             normalize=True,  # per-channel standardization of the inputs
             cache=True,  # decode the splits into memory once
@@ -201,8 +204,10 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     for ok, key, value, choices in checks:
         if not ok:
             raise ConfigError(unknown_choice(key, value, choices))
-    for split_key in ("train_split", "eval_split"):
+    for split_key in ("train_split", "eval_split", "test_split"):
         split = config.data[split_key]
+        if split_key == "test_split" and not split:
+            continue
         if split.split("[")[0] not in spec.splits:
             raise ConfigError(
                 unknown_choice(f"data.{split_key} of dataset {spec.name!r}", split, spec.splits)

@@ -39,7 +39,9 @@ from cnnjax.train.transfer import merge_variables, read_checkpoint
 Hook = Callable[[int, object], None]
 
 
-def _prepare_source(config, split: str, input_shape, fit: str):
+def prepare_source(config, split: str, input_shape, fit: str):
+    """The `split` of `config.dataset` (decoded into memory if `config.data.cache`), fitted to
+    `input_shape` by `fit` ("pad" | "resize")."""
     source = load_source(config.dataset, split, config.data_dir or None, seed=config.seed)
     if config.data.cache:
         source = read_all(source, desc=f"reading {config.dataset} {split}")
@@ -257,9 +259,11 @@ def train(
     input_shape = tuple(config.input_shape) or info.input_shape
     loss = config.loss or info.loss
     fit = config.data.fit or spec.fit
-    train_source = _prepare_source(config, config.data.train_split, input_shape, fit)
+    train_source = prepare_source(config, config.data.train_split, input_shape, fit)
     check_batch_size(train_source, config.batch_size)  # before compiling or making the workdir
-    eval_source = _prepare_source(config, config.data.eval_split, input_shape, fit)
+    eval_source = prepare_source(config, config.data.eval_split, input_shape, fit)
+    test_split = config.data.test_split
+    test_source = prepare_source(config, test_split, input_shape, fit) if test_split else None
     num_steps = num_train_steps(config, len(train_source))
     variables = init_variables(model, input_shape, config.seed)
     if config.init_from.workdir:
@@ -348,6 +352,9 @@ def train(
                 writer.write(step, "eval", result)
                 print_progress(f"step {step}/{num_steps} eval " + _fmt(result))
                 checkpoints.save_if_best(step, state, result)
+                if test_source is not None:  # eval_split validates; the test split is reported
+                    test = evaluate(eval_step, state, test_source, config.eval_batch_size)
+                    writer.write(step, "test", test)
                 interval.start = time.perf_counter()  # evaluation is not training time
             if _is_due(step, config.checkpoint_every, num_steps):
                 interval.flush(last_good, checkpoints.latest_dir)

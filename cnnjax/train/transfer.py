@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import fnmatch
 import os
+import shutil
 from collections.abc import Sequence
 
 import jax
@@ -128,3 +129,35 @@ def merge_variables(
             "checkpoint of another model? Name new layers in init_from.reinit"
         )
     return merged
+
+
+def write_checkpoint(workdir: str, variables: dict, step: int = 0) -> str:
+    """Writes `{"params", "batch_stats"}` as a checkpoint that `read_checkpoint` (and so
+    `init_from.workdir`) reads: a made-up starting point such as a lottery ticket (an early
+    iterate times a mask) or a compacted model.
+
+    The folder appears whole or not at all (written beside it, then renamed); an existing
+    `workdir` is refused rather than overwritten.
+
+    Returns:
+      The absolute path of `workdir`.
+    """
+    workdir = os.path.abspath(workdir)
+    if os.path.exists(workdir):
+        raise CheckpointError(f"{workdir} exists already; not overwriting it")
+    partial = workdir + ".partial"
+    if os.path.exists(partial):
+        shutil.rmtree(partial)  # a write that was interrupted
+    os.makedirs(os.path.dirname(workdir), exist_ok=True)
+    state = {
+        "params": jax.device_get(variables["params"]),
+        "batch_stats": jax.device_get(variables.get("batch_stats") or {}),
+    }
+    manager = ocp.CheckpointManager(os.path.join(partial, "checkpoints"))
+    try:
+        manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state)))
+        manager.wait_until_finished()
+    finally:
+        manager.close()
+    os.rename(partial, workdir)
+    return workdir

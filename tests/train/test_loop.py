@@ -57,6 +57,17 @@ def test_tiny_run_learns_and_writes_its_outputs(tmp_path, tiny_config):
     assert os.path.getsize(plot_run(str(tmp_path))) > 10_000
 
 
+def test_a_test_split_is_evaluated_beside_the_validation_split(tmp_path, tiny_config):
+    config = tiny_config(num_steps=16, eval_every=8, checkpoint_every=8)
+    config.data.update(eval_split="train", test_split="test")
+    result = train_and_evaluate(config, str(tmp_path))
+    records = read_metrics(str(tmp_path))
+    evals = [r for r in records if r["split"] == "eval"]
+    tests = [r for r in records if r["split"] == "test"]
+    assert [r["step"] for r in tests] == [r["step"] for r in evals] == [8, 16]
+    assert result["count"] == evals[-1]["count"] == 512 and tests[-1]["count"] == 128
+
+
 def state_leaves(workdir, step):
     with ocp.CheckpointManager(os.path.join(workdir, "checkpoints")) as manager:
         restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
@@ -138,6 +149,7 @@ def test_corrupt_checkpoint_is_reported_and_kept(tmp_path, tiny_config):
         ({"dataset": "cifar100"}, "unknown dataset 'cifar100'"),
         ({"augment.pad_mode": "mirror"}, "augment.pad_mode 'mirror'"),
         ({"data.eval_split": "validation"}, "data.eval_split"),
+        ({"data.test_split": "valid"}, "data.test_split of dataset 'synthetic'.*valid"),
         ({"batch_size": 0}, "batch_size must be >= 1"),
         ({"loss": "hinge"}, "unknown loss 'hinge'.*cross_entropy"),
         ({"input_shape": (32, 32)}, r"input shape \(32, 32\) has 2 dimensions; model .lenet5."),
