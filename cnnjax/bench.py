@@ -1,7 +1,14 @@
 """Training and inference speed of a registry model, optionally against PyTorch in the same run.
 
-  python -m cnnjax.bench --model resnet20 --batch_size 128 [--compare torch] [--json]
+  python -m cnnjax.bench --model resnet20 --batch_size 128 [--compare torch|parent] [--json]
       [--input 32,32,3] [--impl auto|xla|onednn] [--windows 5] [--steps 4] [--threads N]
+      [--model_fields '{"hidden": [120, 40]}'] [--variables model.cnnz]
+
+`--model_fields` sets module fields of the model (a JSON object, e.g. the widths of a
+channel-pruned model made compact); `--variables` runs the parameters of a compressed model file
+(`cnnjax.compress.save`, e.g. `python -m cnnjax.compress --compact`), whose model name and fields
+come from the file. `--compare parent` also measures the registry model with its default fields
+(the dense parent of a compact model) in the same run, with the ratios.
 
 JAX: the repository's jitted `train_step` (state donated, SGD with momentum 0.9, float32 images)
 and a jitted eval-mode forward pass. PyTorch (`--compare torch`, needs the `ref` extra): the twin
@@ -41,7 +48,14 @@ def define_flags() -> None:
     flags.DEFINE_integer(
         "num_classes", None, "Output classes (default: the model's).", lower_bound=1
     )
-    flags.DEFINE_enum("compare", None, ["torch"], "Also measure the PyTorch twin.")
+    flags.DEFINE_enum(
+        "compare",
+        None,
+        ["torch", "parent"],
+        "Also measure the PyTorch twin, or the model with its default fields.",
+    )
+    flags.DEFINE_string("model_fields", None, 'Module fields as JSON, e.g. {"hidden": [64]}.')
+    flags.DEFINE_string("variables", None, "A compressed model file (.cnnz) to run.")
     flags.DEFINE_enum("impl", "auto", ["auto", "xla", "onednn"], "Convolution kernels.")
     flags.DEFINE_integer("windows", 5, "Timed windows (the median is reported).")
     flags.DEFINE_integer("steps", 4, "Steps per timed window.")
@@ -72,8 +86,9 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
-def prepare_jax(name, input_shape, batch, num_classes, impl, model_kwargs=None):
-    """(facts, {"train": step, "eval": forward}) of our model, compiled and warmed up."""
+def prepare_jax(name, input_shape, batch, num_classes, impl, model_kwargs=None, variables=None):
+    """(facts, {"train": step, "eval": forward}) of our model, compiled and warmed up; from
+    `variables` (`{"params", "batch_stats"}` of the model) if given, else a fresh init."""
     import jax
     import jax.numpy as jnp
     import numpy as np
@@ -81,11 +96,14 @@ def prepare_jax(name, input_shape, batch, num_classes, impl, model_kwargs=None):
     from cnnjax import models
     from cnnjax.layers import conv_impl
     from cnnjax.train.optim import make_optimizer
-    from cnnjax.train.state import create_train_state
+    from cnnjax.train.state import create_train_state, init_variables
     from cnnjax.train.steps import Preprocess, train_step
+    from cnnjax.train.transfer import merge_variables
 
     info = models.model_info(name)
     model = models.create_model(name, num_classes=num_classes, **dict(model_kwargs or {}))
+    if variables is not None:  # refused unless every array has the model's shape
+        variables = merge_variables(init_variables(model, input_shape, 0), variables)
     tx, _ = make_optimizer({"name": "sgd", "lr": 0.01, "momentum": 0.9}, {"name": "constant"}, 1)
     rng = np.random.default_rng(0)
     data = {
@@ -95,7 +113,7 @@ def prepare_jax(name, input_shape, batch, num_classes, impl, model_kwargs=None):
     channels = input_shape[-1]
     preprocess = Preprocess(mean=(0.0,) * channels, std=(1.0,) * channels)
     with conv_impl(impl, force=True):  # traced (and so fixed) inside the block
-        state = create_train_state(model, tx, input_shape, seed=0)
+        state = create_train_state(model, tx, input_shape, seed=0, variables=variables)
         step = jax.jit(
             functools.partial(train_step, preprocess=preprocess, loss=info.loss), donate_argnums=0
         )
@@ -172,6 +190,38 @@ def prepare_torch(name, input_shape, batch, num_classes, threads) -> tuple[dict,
     return facts, {"train": train, "eval": evaluate}
 
 
+def _model_source(name, model_fields, variables_path):
+    """`(name, fields, variables, num_classes, input_shape)`: from the file if one is given."""
+    import json as json_module
+
+    from cnnjax.layers.components import resolve_components
+
+    fields = {}
+    if model_fields:
+        try:
+            fields = json_module.loads(model_fields)
+        except ValueError:
+            fields = None
+        if not isinstance(fields, dict):
+            raise ConfigError(
+                f"--model_fields={model_fields!r} is not a JSON object of module fields, e.g. "
+                "'{\"hidden\": [120, 40]}'"
+            )
+    if not variables_path:
+        return name, resolve_components(fields), None, None, None
+    if model_fields:
+        raise ConfigError("--model_fields and --variables exclude each other: the file has fields")
+    from cnnjax.compress import fileformat
+
+    header, _ = fileformat.read_header(variables_path)
+    stored, variables = fileformat.load(variables_path)
+    if name is not None and name != stored:
+        raise ConfigError(f"--variables={variables_path} holds {stored!r}, not --model={name!r}")
+    fields = resolve_components(dict(header.get("model_fields") or {}))
+    shape = tuple(header["input_shape"]) if header.get("input_shape") else None
+    return stored, fields, variables, header.get("num_classes"), shape
+
+
 def run(
     name,
     batch,
@@ -182,6 +232,8 @@ def run(
     steps=4,
     threads=None,
     num_classes=None,
+    model_fields=None,
+    variables_path=None,
 ) -> dict:
     """The benchmark as a dict (what `--json` prints); see the module docstring."""
     import jax
@@ -190,34 +242,52 @@ def run(
     from cnnjax.analysis.devices import host_description, measure_device
     from cnnjax.ext import onednn
 
-    info = models.model_info(name)
-    input_shape = models.input_shape_of(name, input_shape)
-    num_classes = info.num_classes if num_classes is None else num_classes
     for flag, value in (("batch_size", batch), ("windows", windows), ("steps", steps)):
         if value < 1:
             raise ConfigError(f"--{flag}={value} must be at least 1")
-    ours, jax_runners = prepare_jax(name, input_shape, batch, num_classes, impl)
+    if name is None and not variables_path:
+        raise ConfigError("give --model or --variables")
+    name, fields, variables, file_classes, file_shape = _model_source(
+        name, model_fields, variables_path
+    )
+    info = models.model_info(name)
+    input_shape = models.input_shape_of(name, input_shape or file_shape)
+    if num_classes is None:
+        num_classes = file_classes or info.num_classes
+    ours, jax_runners = prepare_jax(name, input_shape, batch, num_classes, impl, fields, variables)
     runners = {"jax_train": jax_runners["train"]}
     if compare == "torch":
         twin, torch_runners = prepare_torch(
             name, input_shape, batch, num_classes, threads or os.cpu_count()
         )
         runners["torch_train"] = torch_runners["train"]
+    elif compare == "parent":
+        parent, parent_runners = prepare_jax(name, input_shape, batch, num_classes, impl)
+        runners["parent_train"] = parent_runners["train"]
     runners["jax_eval"] = jax_runners["eval"]
     if compare == "torch":
         runners["torch_eval"] = torch_runners["eval"]
+    elif compare == "parent":
+        runners["parent_eval"] = parent_runners["eval"]
     ips = median_ips(runners, batch, windows, steps)
     from cnnjax.analysis.trace import trace_model
 
-    macs = trace_model(models.create_model(name, num_classes=num_classes), input_shape).macs
+    def macs_of(kwargs):
+        model = models.create_model(name, num_classes=num_classes, **kwargs)
+        return trace_model(model, input_shape).macs
+
+    macs = macs_of(fields)
     train_flops = 3 * 2 * macs  # forward + input gradient + weight gradient
     peak = measure_device(matmul_size=1024, copy_mib=64, repeats=3).peak()
     result = {
         "model": name,
+        "model_fields": {k: v for k, v in fields.items() if _jsonable(v)},
+        "variables": variables_path,
         "batch_size": batch,
         "input_shape": list(input_shape),
         "num_classes": num_classes,
         "params": ours["params"],
+        "macs": macs,
         "backend": jax.default_backend(),
         "impl": impl,
         "onednn": onednn.version() if onednn.available() else None,
@@ -234,6 +304,8 @@ def run(
         "torch_eval_ips": None,
         "train_ratio": None,
         "eval_ratio": None,
+        "parent_train_ips": None,
+        "parent_eval_ips": None,
     }
     if compare == "torch":
         result.update(
@@ -246,7 +318,24 @@ def run(
             torch_params=twin["params"],
             params_match=twin["params"] == ours["params"],
         )
+    elif compare == "parent":
+        result.update(
+            parent_train_ips=ips["parent_train"],
+            parent_eval_ips=ips["parent_eval"],
+            parent_train_ratio=ips["jax_train"] / ips["parent_train"],
+            parent_eval_ratio=ips["jax_eval"] / ips["parent_eval"],
+            parent_params=parent["params"],
+            parent_macs=macs_of({}),
+        )
     return result
+
+
+def _jsonable(value) -> bool:
+    try:
+        json.dumps(value)
+    except TypeError:
+        return False
+    return True
 
 
 def render(r: dict) -> str:
@@ -267,6 +356,14 @@ def render(r: dict) -> str:
             f"{'same count' if r['params_match'] else 'DIFFERENT count'})",
             f"ratio  train {r['train_ratio']:8.2f}x        eval {r['eval_ratio']:8.2f}x",
         ]
+    if r["parent_train_ips"] is not None:
+        lines += [
+            f"parent train {r['parent_train_ips']:8.1f} img/s   eval {r['parent_eval_ips']:8.1f} "
+            f"img/s   ({r['parent_params']:,} params, {r['parent_macs']:,} MACs against "
+            f"{r['params']:,} and {r['macs']:,}: the registry model's default fields)",
+            f"ratio  train {r['parent_train_ratio']:8.2f}x        eval "
+            f"{r['parent_eval_ratio']:8.2f}x  (this model over its parent)",
+        ]
     return "\n".join(lines)
 
 
@@ -285,6 +382,8 @@ def main() -> None:
             f.steps,
             f.threads,
             f.num_classes,
+            f.model_fields,
+            f.variables,
         )
     except ImportError as error:
         raise CnnjaxError(
@@ -295,4 +394,4 @@ def main() -> None:
 
 if __name__ == "__main__":
     define_flags()
-    cli.run(main, required=["model"])
+    cli.run(main)

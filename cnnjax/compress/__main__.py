@@ -6,11 +6,16 @@
 Reads the run's latest (or `--which=best`) checkpoint, checks that it is a checkpoint of
 `--model`, applies `--method` without retraining ("none": the weights as they are, losslessly;
 "prune": magnitude pruning of every kernel to `--sparsity`, per layer or `--scope=global`;
-"share": k-means weight sharing with `--bits`-bit codebooks, linear init; "prune_share": both),
-writes the compressed file (`cnnjax.compress.save`: relative sparse indices, Huffman coding) and
-prints the per-layer table and the compression rate (4 bytes x every parameter / the file's
-size). Retraining after pruning and sharing, which recovers the accuracy, is the training loop's
-`prune` and `share` sections (experiments/deep_compression.py).
+"share": k-means weight sharing with `--bits`-bit codebooks, linear init; "prune_share": both;
+"prune_filters": the `--sparsity` fraction of the filters of every layer but the classifier with
+the smallest L1 norms, Li et al. 2017). `--compact` then takes the zero filters out
+(`cnnjax.compress.compact.make_compact`: a smaller dense model of the same family, its new width
+fields stored in the file, so `python -m cnnjax.bench --variables FILE --compare parent` measures
+it against the dense model). It writes the compressed file (`cnnjax.compress.save`: relative
+sparse indices, Huffman coding) and prints the per-layer table and the compression rate (4
+bytes x every parameter / the file's size). Retraining after pruning and sharing, which recovers
+the accuracy, is the training loop's `prune` and `share` sections
+(experiments/deep_compression.py).
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ from absl import flags
 from cnnjax import cli
 from cnnjax.errors import CheckpointError, ConfigError, DataError, unknown_choice
 
-METHODS = ("none", "prune", "share", "prune_share")
+METHODS = ("none", "prune", "share", "prune_share", "prune_filters")
 SCOPES = ("layer", "global")
 WHICH = ("latest", "best")
 
@@ -39,6 +44,7 @@ def define_flags() -> None:
     flags.DEFINE_integer("bits", 5, "Codebook bits per shared kernel, >= 1.")
     flags.DEFINE_integer("index_bits", 0, "Relative-index bits; 0 = each layer's best width.")
     flags.DEFINE_string("which", "latest", "Checkpoint: 'latest' or 'best'.")
+    flags.DEFINE_bool("compact", False, "Take zero filters out: a smaller model of the family.")
 
 
 def check_arguments(values: dict) -> None:
@@ -96,10 +102,15 @@ def read_run(model_name: str, workdir: str, which: str):
     return saved, spec, input_shape, variables
 
 
-def compress_params(params, method: str, sparsity: float, scope: str, bits: int):
-    """The params after `method` (no retraining) and the codebook bits to store them with."""
+def compress_params(params, method: str, sparsity: float, scope: str, bits: int, producers=()):
+    """The params after `method` (no retraining) and the codebook bits to store them with;
+    "prune_filters" prunes the filters of the `producers` (the layers whose outputs another
+    layer reads: not the classifier)."""
     from cnnjax.compress import prune, quantize
 
+    if method == "prune_filters":
+        sparsities = {f"{name}/kernel": sparsity for name in producers}
+        return prune.apply_masks(params, prune.filter_masks(params, sparsities)), None
     if "prune" in method:
         sparsities = prune.layer_sparsities(params, sparsity)
         params = prune.apply_masks(params, prune.magnitude_masks(params, sparsities, scope))
@@ -133,25 +144,54 @@ def layer_table(report: list[dict]) -> str:
 
 def main() -> None:
     values = {name: flags.FLAGS[name].value for name in (
-        "model", "checkpoint", "method", "out", "sparsity", "scope", "bits", "index_bits", "which"
+        "model", "checkpoint", "method", "out", "sparsity", "scope", "bits", "index_bits", "which",
+        "compact",
     )}  # fmt: skip
     check_arguments(values)
-    from cnnjax.compress import fileformat
+    from cnnjax import models
+    from cnnjax.compress import compact, fileformat
+    from cnnjax.layers.components import resolve_components
     from cnnjax.train.loop import channel_stats
 
     saved, spec, input_shape, variables = read_run(
         values["model"], values["checkpoint"], values["which"]
     )
-    params, bits = compress_params(
-        variables["params"], values["method"], values["sparsity"], values["scope"], values["bits"]
+    module = models.create_model(
+        values["model"],
+        num_classes=spec.num_classes,
+        **resolve_components(saved["model_kwargs"]),
     )
+    producers = ()
+    if values["method"] == "prune_filters" or values["compact"]:
+        if not compact.compactable(module):
+            compact.make_compact(module, variables)  # raises, naming the families it knows
+        producers = compact.producers(module)
+    params, bits = compress_params(
+        variables["params"],
+        values["method"],
+        values["sparsity"],
+        values["scope"],
+        values["bits"],
+        producers,
+    )
+    fields = dict(saved["model_kwargs"])
+    variables = {**variables, "params": params}
+    if values["compact"]:
+        widths, variables, widths_report = compact.make_compact(module, variables)
+        fields.update(widths)
+        for row in widths_report:
+            print(
+                f"{row['layer']}: {row['kept']} of {row['width']} units kept"
+                + ("" if row["exact"] else " (removed constants folded away from the border)")
+            )
+        params = variables["params"]
     mean, std = channel_stats(spec, input_shape[-1])
     data = saved.get("data", {})
     report = fileformat.save(
         values["out"],
         values["model"],
-        {**variables, "params": params},
-        model_fields=saved["model_kwargs"],
+        variables,
+        model_fields=fields,
         num_classes=spec.num_classes,
         input_shape=input_shape,
         preprocess={

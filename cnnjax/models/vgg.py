@@ -60,6 +60,8 @@ class VGG(nn.Module):
       config: a key of `VGG_SPECS` ("A", "B", "D", "E").
       num_classes: output units.
       width_multiplier: scales every conv width (1.0: the paper's).
+      widths: the conv widths of each block, overriding `config`'s table and `width_multiplier`
+        (e.g. a channel-pruned VGG made compact, `cnnjax.compress.compact`); None: the table's.
       hidden: widths of the hidden dense layers (`()`: a single dense layer on the features).
       pool_size: adaptive average pool before the classifier (7 in torchvision; None: flatten
         the last map as it is).
@@ -73,6 +75,7 @@ class VGG(nn.Module):
     config: str = "D"
     num_classes: int = 1000
     width_multiplier: float = 1.0
+    widths: Sequence[Sequence[int]] | None = None
     hidden: Sequence[int] = (4096, 4096)
     pool_size: int | None = 7
     dropout_rate: float = 0.5
@@ -83,14 +86,9 @@ class VGG(nn.Module):
 
     @nn.compact
     def __call__(self, x: jnp.ndarray, train: bool = False):
-        if self.config not in VGG_SPECS:
-            raise ConfigError(unknown_choice("VGG configuration", self.config, VGG_SPECS))
-        if not self.width_multiplier > 0:
-            raise ConfigError(f"VGG width_multiplier must be > 0, got {self.width_multiplier}")
         intermediates = {}
-        for block, widths in enumerate(VGG_SPECS[self.config], start=1):
-            for i, width in enumerate(widths, start=1):
-                features = max(1, round(width * self.width_multiplier))
+        for block, widths in enumerate(block_widths(self), start=1):
+            for i, features in enumerate(widths, start=1):
                 name = f"conv{block}_{i}"
                 conv = self.conv(features=features, kernel_size=3, padding=1, name=name)
                 if self.norm is None:
@@ -110,6 +108,35 @@ class VGG(nn.Module):
         intermediates["pre_logits"] = pre_logits
         logits = nn.Dense(self.num_classes, kernel_init=_dense_init, name="head")(x)
         return logits, intermediates
+
+
+def block_widths(vgg: VGG) -> list[list[int]]:
+    """The conv widths of each block of `vgg`: its `widths`, or its `config`'s table scaled by
+    `width_multiplier`.
+
+    Raises:
+      ConfigError: an unknown config, a multiplier <= 0, or widths that are not blocks of
+        positive ints.
+    """
+    if vgg.widths is not None:
+        blocks = [list(block) for block in vgg.widths]
+        ok = blocks and all(
+            block and all(isinstance(w, int) and not isinstance(w, bool) and w >= 1 for w in block)
+            for block in blocks
+        )
+        if not ok:
+            raise ConfigError(
+                f"VGG widths must be blocks of positive ints, e.g. [[64, 64], [128]], got "
+                f"{vgg.widths!r}"
+            )
+        return blocks
+    if vgg.config not in VGG_SPECS:
+        raise ConfigError(unknown_choice("VGG configuration", vgg.config, VGG_SPECS))
+    if not vgg.width_multiplier > 0:
+        raise ConfigError(f"VGG width_multiplier must be > 0, got {vgg.width_multiplier}")
+    return [
+        [max(1, round(w * vgg.width_multiplier)) for w in block] for block in VGG_SPECS[vgg.config]
+    ]
 
 
 def _vgg_converter(config: str, batch_norm: bool):

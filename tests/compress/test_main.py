@@ -55,3 +55,27 @@ def test_method_none_is_lossless(mlp_run):
     assert bits is None
     for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(run.state.params)):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_prune_filters_compact_writes_a_smaller_model_that_bench_runs(mlp_run, tmp_path):
+    from cnnjax import bench
+
+    workdir, run = mlp_run
+    out = tmp_path / "compact.cnnz"
+    result = subprocess.run(
+        [sys.executable, "-m", "cnnjax.compress", "--model=lenet300_100",
+         f"--checkpoint={workdir}", "--method=prune_filters", "--sparsity=0.5", "--compact",
+         f"--out={out}"],
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "fc1: 150 of 300 units kept" in result.stdout
+    header, _ = compress.read_header(str(out))
+    assert header["model_fields"]["hidden"] == [150, 50]
+    _, variables = compress.load(str(out))
+    assert variables["params"]["fc2"]["kernel"].shape == (150, 50)
+    measured = bench.run(None, 8, compare="parent", windows=1, steps=1, variables_path=str(out))
+    assert measured["model"] == "lenet300_100" and measured["model_fields"]["hidden"] == [150, 50]
+    assert measured["params"] < measured["parent_params"] and measured["parent_train_ratio"] > 0
+    assert measured["macs"] == 784 * 150 + 150 * 50 + 50 * 10
+    assert "this model over its parent" in bench.render(measured)
