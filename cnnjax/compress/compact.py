@@ -112,6 +112,22 @@ def _plans() -> dict[type, Callable]:
     return {LeNetMLP: _lenet_mlp, LeNetCaffe: _lenet_caffe, VGG: _vgg}
 
 
+def links(module) -> list[Link]:
+    """The producer -> consumer links of `module`'s family.
+
+    Raises:
+      ConfigError: a family without a plan, naming the known ones.
+    """
+    plans = _plans()
+    if type(module) not in plans:
+        names = ", ".join(sorted(cls.__name__ for cls in plans))
+        raise ConfigError(
+            f"cnnjax.compress.compact does not know the family {type(module).__name__} "
+            f"(valid: {names})"
+        )
+    return plans[type(module)](module)[0]
+
+
 def compactable(module) -> bool:
     return type(module) in _plans()
 
@@ -119,7 +135,7 @@ def compactable(module) -> bool:
 def producers(module) -> list[str]:
     """The layers of `module` whose output units `make_compact` can remove (every layer another
     one reads; not the classifier)."""
-    return [link.producer for link in _plans()[type(module)](module)[0]]
+    return [link.producer for link in links(module)]
 
 
 def _constant(params, stats, link: Link, channels: np.ndarray, epsilon: float) -> np.ndarray:
@@ -165,17 +181,12 @@ def make_compact(
     Raises:
       ConfigError: a model family without a compaction plan.
     """
-    plans = _plans()
-    if type(module) not in plans:
-        names = ", ".join(sorted(cls.__name__ for cls in plans))
-        raise ConfigError(
-            f"make_compact does not know the family {type(module).__name__} (valid: {names})"
-        )
-    links, fields_of = plans[type(module)](module)
+    links(module)  # refuses an unknown family
+    chain, fields_of = _plans()[type(module)](module)
     tree = jax.tree.map(np.asarray, copy.deepcopy(jax.device_get(dict(variables))))
     params, stats = tree["params"], tree.setdefault("batch_stats", {})
     kept_widths, report = {}, []
-    for link in links:
+    for link in chain:
         kernel = params[link.producer]["kernel"]
         width = kernel.shape[-1]
         alive = np.any(kernel.reshape(-1, width) != 0, axis=0)

@@ -101,7 +101,9 @@ class _Conv(nn.Module):
         dtype = self.dtype or x.dtype
         return conv_ops.conv(
             x.astype(dtype),
-            kernel.astype(dtype),
+            # Cast only when needed: a quantized kernel (qwix's PTQ) must reach the convolution
+            # untouched, and it has no float astype.
+            kernel if kernel.dtype == dtype else kernel.astype(dtype),
             None if bias is None else bias.astype(dtype),
             strides=self.strides,
             padding=self.padding,

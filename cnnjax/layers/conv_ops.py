@@ -28,6 +28,7 @@ from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
 from cnnjax.errors import ConfigError, ShapeError, unknown_choice
@@ -138,8 +139,13 @@ def conv(
     if flip_kernel:
         kernel = jnp.flip(kernel, axis=tuple(range(ndim)))
     dtype = jnp.result_type(x.dtype, kernel.dtype)
-    x, kernel = x.astype(dtype), kernel.astype(dtype)
-    impl = select_impl(impl, x, kernel, pads, layer)
+    if isinstance(kernel, jax.Array | np.ndarray):
+        x, kernel = x.astype(dtype), kernel.astype(dtype)
+        impl = select_impl(impl, x, kernel, pads, layer)
+    else:
+        # A quantized kernel (qwix's PTQ weights): only lax.conv_general_dilated, which qwix
+        # intercepts, knows what to do with it, so it takes the portable XLA path.
+        x, impl = x.astype(dtype), "xla"
     if impl == "onednn":
         from cnnjax.ext.onednn import conv2d as onednn_conv
 

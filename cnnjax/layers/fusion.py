@@ -74,6 +74,8 @@ def _foldable(conv: nn.Module, norm: nn.Module, x) -> bool:
         and not norm.is_initializing()
         and not modules_observed()
         and "kernel" in conv.variables.get("params", {})
+        # A quantized kernel (qwix) goes through the interceptable lax convolution instead.
+        and isinstance(conv.variables["params"]["kernel"], jax.Array)
         and "mean" in norm.variables.get("batch_stats", {})
     )
 
