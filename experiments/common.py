@@ -30,6 +30,23 @@ def batched(array: np.ndarray, size: int):
     return [array[i : i + size] for i in range(0, len(array), size)]
 
 
+def file_fields(run, train_config, model_fields=None) -> dict:
+    """What `cnnjax.compress.save` stores beside a trained run's arrays so the file rebuilds the
+    model and its input pipeline: model fields (default: the config's), class count, input
+    shape and preprocessing."""
+    return {
+        "model_fields": dict(model_fields or train_config.model_kwargs.to_dict()),
+        "num_classes": run.model.num_classes,
+        "input_shape": tuple(train_config.input_shape) or None,
+        "preprocess": {
+            "mean": list(run.preprocess.mean),
+            "std": list(run.preprocess.std),
+            "normalize": run.preprocess.normalize,
+            "fit": train_config.data.fit,
+        },
+    }
+
+
 def machine() -> str:
     """One line naming the hardware and JAX version, for result pages."""
     device = jax.devices()[0]

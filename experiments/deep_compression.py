@@ -33,7 +33,7 @@ from experiments.ablation import (
     summarize,
     write_results,
 )
-from experiments.common import launch, machine, take
+from experiments.common import file_fields, launch, machine, take
 from experiments.plots import pyplot, save_figures
 
 STAGES = ("dense", "pruned", "shared")
@@ -78,17 +78,7 @@ def _stage_overrides(workdir: str, model: str, stage: str, seed: int) -> dict:
 def file_measurements(path: str, run, train_config, variables, bits, index_bits) -> dict:
     """Writes `variables` to `path` (and a fixed-width copy to measure and delete), reads the file
     back and measures: sizes, rates and the test accuracy of the model from the file."""
-    fields = {
-        "model_fields": train_config.model_kwargs.to_dict(),
-        "num_classes": run.model.num_classes,
-        "input_shape": tuple(train_config.input_shape) or None,
-        "preprocess": {
-            "mean": list(run.preprocess.mean),
-            "std": list(run.preprocess.std),
-            "normalize": run.preprocess.normalize,
-            "fit": train_config.data.fit,
-        },
-    }
+    fields = file_fields(run, train_config)
     report = fileformat.save(
         path, train_config.model, variables, bits=bits, index_bits=index_bits, **fields
     )

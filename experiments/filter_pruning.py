@@ -34,7 +34,7 @@ from experiments.ablation import (
     summarize,
     write_results,
 )
-from experiments.common import launch, machine, take
+from experiments.common import file_fields, launch, machine, take
 from experiments.plots import pyplot, save_figures
 
 PUBLISHED = (
@@ -65,20 +65,6 @@ def _evaluate(run, variables, model=None) -> tuple[np.ndarray, np.ndarray]:
     return make_predict(model or run.model, variables, run.preprocess)(images), labels
 
 
-def _file_fields(run, train_config, fields) -> dict:
-    return {
-        "model_fields": fields,
-        "num_classes": run.model.num_classes,
-        "input_shape": tuple(train_config.input_shape) or None,
-        "preprocess": {
-            "mean": list(run.preprocess.mean),
-            "std": list(run.preprocess.std),
-            "normalize": run.preprocess.normalize,
-            "fit": train_config.data.fit,
-        },
-    }
-
-
 def measure(run, arm, config, seed: int, workdir: str) -> dict:
     """The compact model of a pruned run: its error, size, cost, file and measured speed."""
     variables = {"params": run.state.params, "batch_stats": run.state.batch_stats}
@@ -100,9 +86,7 @@ def measure(run, arm, config, seed: int, workdir: str) -> dict:
     os.makedirs(folder, exist_ok=True)
     path = os.path.join(folder, f"{arm.name}_seed{seed}.cnnz")
     all_fields = {**config.pruned.model_kwargs.to_dict(), **fields}
-    fileformat.save(
-        path, config.pruned.model, small, **_file_fields(run, config.pruned, all_fields)
-    )
+    fileformat.save(path, config.pruned.model, small, **file_fields(run, config.pruned, all_fields))
     speed = bench.run(
         None,
         config.bench_batch,
