@@ -258,7 +258,8 @@ def curves_figure(rows, records):
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(6.5, 4), constrained_layout=True)
     rounds = sorted({r["round"] for r in records if r["kind"] == "random"})
-    shown = sorted({0, *rounds[len(rounds) // 2 :: max(1, len(rounds) // 2)]})
+    middle = len(rounds) // 2
+    shown = sorted({0, *rounds[middle : middle + 1], *rounds[-1:]})
     for round_index in shown:
         for kind, style in (("ticket", "-"), ("random", "--")):
             runs = [r for r in records if r["round"] == round_index and r["kind"] == kind]
