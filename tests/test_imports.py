@@ -28,6 +28,10 @@ RANKS = (
     ("cnnjax.compress.prune", 1),
     ("cnnjax.compress.quantize", 1),
     ("cnnjax.compress.coding", 1),
+    # Model-level compression the training loop applies (compact models, BatchNorm folding, QAT).
+    ("cnnjax.compress.compact", 2),
+    ("cnnjax.compress.ptq", 2),
+    ("cnnjax.compress.qat", 2),
     ("cnnjax.viz", 5),
     ("cnnjax.parallel", 5),
     ("cnnjax.testing", 6),

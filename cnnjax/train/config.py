@@ -132,6 +132,9 @@ def base_config() -> ml_collections.ConfigDict:
             init="linear",  # linear | density | random (Han et al. 2016 find linear best)
         )
     )
+    # Quantization-aware training (cnnjax.compress.qat): fake-quantized int8 convs and dense
+    # layers through qwix, BatchNorm first folded into the convs of the init_from run.
+    c.quant = ml_collections.ConfigDict(dict(qat_bits=0, fold_batch_norm=True))  # 0 = off
     return c
 
 
@@ -262,6 +265,7 @@ _RANGES = (
     ("share.bits", lambda v: _integer(v) and 0 <= v <= 16, "an integer in [0, 16] (0 = off)"),
     ("distill.temperature", lambda v: _finite(v) and v > 0, "a finite number > 0"),
     ("distill.soft_weight", lambda v: _finite(v) and 0 <= v <= 1, "in [0, 1]"),
+    ("quant.qat_bits", lambda v: v in (0, 8) and not isinstance(v, bool), "0 (off) or 8"),
 )
 
 

@@ -18,9 +18,11 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from cnnjax import models
+from cnnjax.compress import qat
 from cnnjax.data import dataset_spec, eval_batches, fit_source, load_source, read_all, train_batches
 from cnnjax.data.pipeline import check_batch_size
 from cnnjax.errors import CheckpointError, ConfigError, NonFiniteLossError, Preempted
+from cnnjax.layers import conv_impl
 from cnnjax.layers.components import resolve_components
 from cnnjax.train.checkpoint import Checkpoints
 from cnnjax.train.config import schema_defaults, validate_config
@@ -249,6 +251,13 @@ def train(
     """
     validate_config(config)
     check_workdir(workdir)
+    if config.quant.qat_bits:  # qwix sees the convolutions only on the portable XLA path
+        with conv_impl("xla", force=True):
+            return _train(config, workdir, hooks)
+    return _train(config, workdir, hooks)
+
+
+def _train(config: ml_collections.ConfigDict, workdir: str, hooks: Sequence[Hook]) -> TrainedRun:
     spec = dataset_spec(config.dataset)
     info = models.model_info(config.model)
     model = models.create_model(
@@ -271,6 +280,13 @@ def train(
         variables = merge_variables(
             variables, loaded, config.init_from.reinit, source=config.init_from.workdir
         )
+    model, variables, kwarg_changes = qat.prepare(
+        model, variables, config.quant, config.init_from.workdir
+    )
+    if kwarg_changes:  # the folder's config rebuilds the model that trains (BatchNorm folded)
+        config = ml_collections.ConfigDict(config.to_dict())
+        with config.model_kwargs.unlocked():
+            config.model_kwargs.update(kwarg_changes)
     labels = parameter_groups(
         variables["params"], config.param_groups.frozen, config.param_groups.lr_multipliers
     )
