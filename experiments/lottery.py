@@ -294,7 +294,8 @@ def report(config, records: list[dict], workdir: str) -> str:
         f"validate, {t.data.test_split} reported), {t.optimizer.name} {t.optimizer.lr:g}, batch "
         f"{t.batch_size}, {t.num_steps:,} iterations a round, evaluated every {t.eval_every}; "
         f"pruned per round: {dict(config.per_round)} of the remaining weights; seeds "
-        f"{list(config.seeds)}; {machine()}; {minutes:.0f} min of training. The early-stop "
+        f"{list(config.seeds)}; {machine()}; {minutes:.0f} min of training summed over the runs "
+        "(wall time of each run, which may have shared the machine with others). The early-stop "
         "iteration is the one of the lowest validation loss; the test error is read there and "
         f"at the last iteration. Published: {PUBLISHED}."
     )
