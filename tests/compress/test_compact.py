@@ -70,9 +70,10 @@ def test_lenet5_caffe_folds_the_biases_of_removed_filters_through_conv_and_flatt
     assert bias.shape == (20,)
 
 
+@pytest.mark.slow  # eager VGG applies, about 20 s
 def test_l1_filter_masks_then_compact_on_a_batchnorm_vgg():
     module = VGG(widths=[[8, 8], [16, 16]], hidden=(32,), norm=BatchNorm, pool_size=None)
-    shape = (16, 16, 3)
+    shape = (8, 8, 3)
     variables = jax.tree.map(np.array, _init(module, shape))
     rng = np.random.default_rng(0)
     for stats in variables["batch_stats"].values():  # trained-looking running statistics

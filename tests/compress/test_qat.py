@@ -39,6 +39,7 @@ def qat_run(float_run, tmp_path_factory):
     return str(workdir), train(config, str(workdir))
 
 
+@pytest.mark.slow  # a float VGG run and its QAT run
 def test_qat_folds_batch_norm_and_trains_the_plain_family(qat_run):
     workdir, run = qat_run
     saved = json.loads(open(f"{workdir}/config.json").read())
@@ -49,6 +50,7 @@ def test_qat_folds_batch_norm_and_trains_the_plain_family(qat_run):
     assert np.isfinite(run.result["loss"])
 
 
+@pytest.mark.slow  # a float VGG run and its QAT run
 def test_the_qat_model_decides_as_the_int8_model_it_converts_to(qat_run):
     workdir, run = qat_run
     saved = json.loads(open(f"{workdir}/config.json").read())

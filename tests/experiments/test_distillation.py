@@ -19,6 +19,7 @@ def smoke(tmp_path_factory):
     return workdir, config, text, json.loads((workdir / "results.json").read_text())
 
 
+@pytest.mark.slow  # trains the driver's smoke runs; -m slow
 def test_students_learn_from_the_one_teacher(smoke):
     workdir, config, text, results = smoke
     assert [(r["arm"], r["seed"]) for r in results["runs"]] == [

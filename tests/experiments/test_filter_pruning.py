@@ -20,6 +20,7 @@ def smoke(tmp_path_factory):
     return workdir, config, text, json.loads((workdir / "results.json").read_text())
 
 
+@pytest.mark.slow  # trains the driver's smoke runs; -m slow
 def test_pruned_runs_become_smaller_models_that_bench_measures(smoke):
     workdir, config, text, results = smoke
     dense, pruned = results["runs"]

@@ -26,6 +26,7 @@ def _kernels(workdir, folder):
     return {k: np.asarray(params[k]["kernel"]) for k in ("fc1", "fc2", "output")}
 
 
+@pytest.mark.slow  # trains the driver's smoke runs; -m slow
 def test_tickets_are_the_initialization_under_the_pruned_mask(smoke):
     workdir, config, text, results = smoke
     assert [(r["kind"], r["round"]) for r in results["runs"]] == [
@@ -60,6 +61,7 @@ def test_tickets_are_the_initialization_under_the_pruned_mask(smoke):
         assert (workdir / f"{name}.png").stat().st_size > 0
 
 
+@pytest.mark.slow  # trains the driver's smoke runs; -m slow
 def test_a_finished_study_is_reported_again_without_training(smoke, monkeypatch):
     workdir, config, text, _ = smoke
     monkeypatch.setattr(lottery, "run_ablation", _reads_only(lottery.run_ablation))
