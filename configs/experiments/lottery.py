@@ -60,7 +60,7 @@ def train_config(size: dict) -> ml_collections.ConfigDict:
         t.data.fit = "resize"  # synthetic 32x32 digits to 28x28
         t.batch_size = 32
     else:
-        t.data.update(train_split=TRAIN_SPLIT, eval_split=VALIDATION_SPLIT, test_split="test")
+        t.data.update(train_split=TRAIN_SPLIT, eval_split=VALIDATION_SPLIT)
     t.data.update(test_split="test")
     t.eval_every = size["eval_every"]
     t.log_every = 1_000 if size["steps"] > 100 else 4
